@@ -1,0 +1,58 @@
+"""evkit: stream events over WebSocket, collect them into pandas, find the bottlenecks.
+
+The public API is exactly what ``__all__`` lists; everything else is private::
+
+    import evkit
+    srv = evkit.serve(port=0)                 # broadcaster on evkit's loop thread
+    evkit.emit("repo.commit.created", {"path": "/src"}, correlation_id="req-7")
+    evkit.flush()
+    srv.stop()
+"""
+
+from __future__ import annotations
+
+from evkit import bus
+from evkit.bus import Event, EventBus, RequestBus, emit, emits, request_bus
+from evkit.context import correlation, current_correlation_id
+from evkit.exceptions import (
+    EvkitError,
+    EvkitWarning,
+    InvalidEventError,
+    InvalidPatternError,
+    LoopError,
+    PortInUseError,
+    ProtocolError,
+    ServerError,
+    WaitTimeout,
+)
+from evkit.server import Broadcaster, Server, ServerSettings, flush, running_servers, serve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Broadcaster",
+    "Event",
+    "EventBus",
+    "EvkitError",
+    "EvkitWarning",
+    "InvalidEventError",
+    "InvalidPatternError",
+    "LoopError",
+    "PortInUseError",
+    "ProtocolError",
+    "RequestBus",
+    "Server",
+    "ServerError",
+    "ServerSettings",
+    "WaitTimeout",
+    "__version__",
+    "bus",
+    "correlation",
+    "current_correlation_id",
+    "emit",
+    "emits",
+    "flush",
+    "request_bus",
+    "running_servers",
+    "serve",
+]

@@ -1,0 +1,356 @@
+"""The in-process event bus: emit events, subscribe handlers by pattern, instrument calls.
+
+The global bus is reached through this module's functions (``evkit.bus.on(...)``,
+``evkit.emit(...)``); :func:`request_bus` gives a bus bound to one correlation ID that
+forwards to the global one; :func:`emits` instruments a function with
+``.started`` / ``.completed`` / ``.failed`` events. ``serve()`` attaches a broadcaster
+to the global bus as one more handler.
+
+Handlers run on the emitting thread, synchronously, in registration order. An async
+handler is scheduled on the emitting thread's running loop, or on evkit's loop thread
+when the emitter has none. A handler that raises is logged and counted; it never
+breaks ``emit`` or the other handlers.
+
+This module does no network I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast, overload
+
+from evkit.context import correlation, current_correlation_id, new_span_id, span
+from evkit.exceptions import InvalidEventError
+from evkit.messages import now_ms, validate_event_type
+from evkit.patterns import SubscriptionIndex, validate_pattern
+
+__all__ = [
+    "Event",
+    "EventBus",
+    "Handler",
+    "RequestBus",
+    "emit",
+    "emits",
+    "global_bus",
+    "off",
+    "on",
+    "request_bus",
+]
+
+logger = logging.getLogger("evkit.bus")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(slots=True)
+class Event:
+    """One event: a dotted ``type``, a ``timestamp`` in ms (UTC) and a ``payload`` dict.
+
+    ``id`` is None in process; the broadcaster's stream assigns it on the wire.
+    """
+
+    type: str
+    timestamp: int
+    payload: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+    @property
+    def correlation_id(self) -> str | None:
+        """``payload["correlationId"]``, or None."""
+        value = self.payload.get("correlationId")
+        return value if isinstance(value, str) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire shape ``{"type", "timestamp", "id"?, "payload"}``."""
+        result: dict[str, Any] = {"type": self.type, "timestamp": self.timestamp}
+        if self.id is not None:
+            result["id"] = self.id
+        result["payload"] = self.payload
+        return result
+
+
+Handler = Callable[[Event], Any]
+
+_TYPE_CACHE_SIZE = 10_000
+
+
+class EventBus:
+    """Handlers subscribed by glob pattern, called for every matching emitted event.
+
+    Thread-safe: ``on``, ``off`` and ``emit`` may be called from any thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._index: SubscriptionIndex[Handler] = SubscriptionIndex()
+        self._is_async: dict[Handler, bool] = {}
+        self._valid_types: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.emitted = 0
+        self.handler_errors = 0
+
+    @overload
+    def on(self, pattern: str, handler: None = None) -> Callable[[F], F]: ...
+    @overload
+    def on(self, pattern: str, handler: F) -> F: ...
+    def on(self, pattern: str, handler: F | None = None) -> F | Callable[[F], F]:
+        """Call ``handler(event)`` for every event whose type matches ``pattern``.
+
+        Usable as a decorator (``@bus.on("repo.*")``). The same handler under several
+        matching patterns is called once per event.
+
+        Raises:
+            InvalidPatternError: the pattern is malformed.
+            TypeError: ``handler`` is not callable.
+        """
+        validate_pattern(pattern)
+        if handler is None:
+            return lambda function: self.on(pattern, function)
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        with self._lock:
+            if handler not in self._index:
+                self._index.add_subscriber(handler)
+                self._is_async[handler] = inspect.iscoroutinefunction(handler)
+            self._index.add(handler, [pattern])
+        return handler
+
+    def off(self, handler: Handler, pattern: str | None = None) -> None:
+        """Stop calling ``handler`` for ``pattern``, or for every pattern when omitted."""
+        with self._lock:
+            if handler not in self._index:
+                return
+            if pattern is not None:
+                self._index.remove(handler, [pattern])
+            if pattern is None or not self._index.subscriptions(handler):
+                self._index.remove_subscriber(handler)
+                self._is_async.pop(handler, None)
+
+    def emit(
+        self,
+        type_: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        correlation_id: str | None = None,
+    ) -> Event:
+        """Emit an event to every matching handler and return it.
+
+        The correlation ID is, in order: ``correlation_id``, the payload's own
+        ``correlationId``, the one set by an enclosing :func:`evkit.correlation`.
+        The payload is copied (shallowly), so later changes by the caller do not leak.
+
+        Raises:
+            InvalidEventError: ``type_`` is not a dotted name, or ``payload`` is not a
+                mapping, or the correlation ID is not a string.
+        """
+        if type_ not in self._valid_types:
+            validate_event_type(type_)
+            if len(self._valid_types) >= _TYPE_CACHE_SIZE:
+                self._valid_types.clear()
+            self._valid_types.add(type_)
+        if payload is None:
+            body: dict[str, Any] = {}
+        elif isinstance(payload, Mapping):
+            body = dict(payload)
+        else:
+            raise InvalidEventError(
+                f"payload of {type_} must be a mapping (a dict), got {type(payload).__name__}"
+            )
+        correlation_id = correlation_id or body.get("correlationId") or current_correlation_id()
+        if correlation_id is not None:
+            if not isinstance(correlation_id, str):
+                raise InvalidEventError(
+                    f"correlationId of {type_} must be a string, got {type(correlation_id).__name__}"
+                )
+            body["correlationId"] = correlation_id
+        event = Event(type_, now_ms(), body)
+        self.dispatch(event)
+        return event
+
+    def dispatch(self, event: Event) -> None:
+        """Hand an already-built event to the matching handlers."""
+        with self._lock:
+            handlers = self._index.route(event.type, None)
+            is_async = self._is_async
+            self.emitted += 1
+        for handler in handlers:
+            try:
+                if is_async.get(handler):
+                    self._schedule(cast(Callable[[Event], Awaitable[Any]], handler)(event))
+                else:
+                    handler(event)
+            except Exception:
+                self.handler_errors += 1
+                logger.exception("event handler %r failed on %s", handler, event.type)
+
+    def _schedule(self, awaitable: Awaitable[Any]) -> None:
+        async def guarded() -> None:
+            try:
+                await awaitable
+            except Exception:
+                self.handler_errors += 1
+                logger.exception("async event handler failed")
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            from evkit._loop import loop_thread
+
+            loop_thread().submit(guarded())
+            return
+        task = loop.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+global_bus = EventBus()
+
+
+def on(pattern: str, handler: Handler | None = None) -> Any:
+    """Subscribe ``handler`` on the global bus (see :meth:`EventBus.on`)."""
+    return global_bus.on(pattern, handler)
+
+
+def off(handler: Handler, pattern: str | None = None) -> None:
+    """Unsubscribe ``handler`` from the global bus (see :meth:`EventBus.off`)."""
+    global_bus.off(handler, pattern)
+
+
+def emit(
+    type_: str, payload: Mapping[str, Any] | None = None, *, correlation_id: str | None = None
+) -> Event:
+    """Emit an event on the global bus (see :meth:`EventBus.emit`).
+
+    Cheap and thread-safe; it never blocks on network clients.
+    """
+    return global_bus.emit(type_, payload, correlation_id=correlation_id)
+
+
+class RequestBus:
+    """A bus bound to one correlation ID: every event it emits carries it.
+
+    Events go to the parent bus (the global one by default). As a context manager it
+    also sets the correlation context, so ``@emits`` calls inside are stamped too.
+    """
+
+    def __init__(self, correlation_id: str, parent: EventBus | None = None) -> None:
+        self._correlation = correlation(correlation_id)
+        self.correlation_id: str = correlation_id
+        self.parent = parent if parent is not None else global_bus
+
+    def emit(self, type_: str, payload: Mapping[str, Any] | None = None) -> Event:
+        """Emit on the parent bus with this bus's correlation ID (it wins over the payload's)."""
+        return self.parent.emit(type_, payload, correlation_id=self.correlation_id)
+
+    def __enter__(self) -> RequestBus:
+        self._correlation.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._correlation.__exit__(*exc_info)
+
+    def __repr__(self) -> str:
+        return f"RequestBus({self.correlation_id!r})"
+
+
+def request_bus(correlation_id: str, parent: EventBus | None = None) -> RequestBus:
+    """A request-scoped bus that stamps ``correlation_id`` on every event it emits.
+
+    Raises:
+        ProtocolError: the correlation ID is empty, not a string, or too long.
+    """
+    return RequestBus(correlation_id, parent)
+
+
+def emits(
+    name: str,
+    threshold_ms: float | None = None,
+    *,
+    bus: EventBus | None = None,
+) -> Callable[[F], F]:
+    """Instrument a sync or async function as the operation ``name``.
+
+    Each call emits ``name.started`` (``spanId``, ``parentSpanId``, ``correlationId``),
+    then ``name.completed`` (``duration`` in ms, ``spanId``, ``parentSpanId``) or, when
+    it raises, ``name.failed`` (also ``errorType``, ``errorMessage``) before the
+    exception propagates unchanged. A call inside another instrumented call gets that
+    call's span as ``parentSpanId``. When ``threshold_ms`` is given and exceeded,
+    ``performance.slowOperation.detected`` follows with ``service`` (the first segment
+    of ``name``), ``operation`` (``name``), ``duration``, ``threshold`` and
+    ``correlationId``.
+
+    Raises:
+        InvalidEventError: ``name`` is not a dotted name (raised at decoration time).
+    """
+    validate_event_type(name)
+    service = name.split(".", 1)[0]
+    started, completed, failed = f"{name}.started", f"{name}.completed", f"{name}.failed"
+
+    def target() -> EventBus:
+        return bus if bus is not None else global_bus
+
+    def finish(span_id: str, parent: str | None, began: float, error: BaseException | None) -> None:
+        duration = round((time.perf_counter() - began) * 1000.0, 3)
+        payload: dict[str, Any] = {"duration": duration, "spanId": span_id, "parentSpanId": parent}
+        if error is None:
+            target().emit(completed, payload)
+        else:
+            payload["errorType"] = type(error).__name__
+            payload["errorMessage"] = str(error)[:1000]
+            target().emit(failed, payload)
+        if threshold_ms is not None and duration > threshold_ms:
+            target().emit(
+                "performance.slowOperation.detected",
+                {
+                    "service": service,
+                    "operation": name,
+                    "duration": duration,
+                    "threshold": threshold_ms,
+                    "spanId": span_id,
+                    "correlationId": current_correlation_id(),
+                },
+            )
+
+    def decorate(function: F) -> F:
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                span_id = new_span_id()
+                with span(span_id) as parent:
+                    target().emit(started, {"spanId": span_id, "parentSpanId": parent})
+                    began = time.perf_counter()
+                    try:
+                        result = await function(*args, **kwargs)
+                    except BaseException as exc:
+                        finish(span_id, parent, began, exc)
+                        raise
+                    finish(span_id, parent, began, None)
+                    return result
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            span_id = new_span_id()
+            with span(span_id) as parent:
+                target().emit(started, {"spanId": span_id, "parentSpanId": parent})
+                began = time.perf_counter()
+                try:
+                    result = function(*args, **kwargs)
+                except BaseException as exc:
+                    finish(span_id, parent, began, exc)
+                    raise
+                finish(span_id, parent, began, None)
+                return result
+
+        return cast(F, wrapper)
+
+    return decorate

@@ -1,0 +1,409 @@
+"""The wire protocol's message shapes (DESIGN 1): encoding, decoding and validation.
+
+Every message, both ways, is a JSON object ``{"type", "timestamp", "payload"}``;
+events also carry ``id``. Server messages are encoded here with orjson into UTF-8
+bytes ready for a text frame. Client messages are decoded and validated here into
+small immutable objects, or rejected with a :class:`~evkit.exceptions.ProtocolError`
+whose ``code`` is the stable string the server sends back in ``websocket.error``.
+
+Pure: no I/O, no sockets; the clock is read only where a caller did not give a time.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from evkit.exceptions import InvalidEventError, ProtocolError
+from evkit.patterns import validate_patterns
+
+__all__ = [
+    "CONNECTED",
+    "ERROR",
+    "MAX_CORRELATION_ID_LENGTH",
+    "PONG",
+    "REPLAYED",
+    "SUBSCRIBED",
+    "UNSET",
+    "UNSUBSCRIBED",
+    "Auth",
+    "BatchOptions",
+    "ClientMessage",
+    "Ping",
+    "Publish",
+    "Subscribe",
+    "Unsubscribe",
+    "decode_client_message",
+    "encode",
+    "encode_event",
+    "encode_message",
+    "error_message",
+    "now_ms",
+    "validate_correlation_id",
+    "validate_event",
+    "validate_event_type",
+]
+
+CONNECTED: Final = "websocket.connected"
+SUBSCRIBED: Final = "websocket.subscribed"
+UNSUBSCRIBED: Final = "websocket.unsubscribed"
+ERROR: Final = "websocket.error"
+REPLAYED: Final = "websocket.replayed"
+BATCH: Final = "websocket.batch"
+PONG: Final = "pong"
+
+MAX_CORRELATION_ID_LENGTH = 256
+MAX_EVENT_TYPE_LENGTH = 256
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+class _Unset:
+    """Marker for "the key was absent" where None means "clear"."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Final = _Unset()
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch (UTC), the protocol's timestamp unit."""
+    return time.time_ns() // 1_000_000
+
+
+def _fallback(value: Any) -> Any:
+    # Values JSON cannot represent (sets, Decimals, arbitrary objects) travel as text
+    # rather than failing an emit deep inside a service.
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return str(value)
+
+
+def encode(value: Any) -> bytes:
+    """Serialise ``value`` to UTF-8 JSON bytes.
+
+    Values JSON cannot represent natively are sent as their ``str()``.
+
+    Raises:
+        InvalidEventError: the value cannot be serialised at all (a reference cycle,
+            an integer beyond 64 bits, a string that is not valid UTF-8).
+    """
+    try:
+        return orjson.dumps(value, default=_fallback, option=_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidEventError(f"payload cannot be serialised to JSON: {exc}") from None
+
+
+def encode_message(type_: str, payload: Any, timestamp: int | None = None) -> bytes:
+    """Encode a server (system) message ``{"type", "timestamp", "payload"}``."""
+    return encode(
+        {
+            "type": type_,
+            "timestamp": now_ms() if timestamp is None else timestamp,
+            "payload": payload,
+        }
+    )
+
+
+def encode_event(type_: str, timestamp: int, event_id: str, payload_json: bytes) -> bytes:
+    """Encode an event frame around a payload that is already JSON.
+
+    ``type_`` must be a valid event type and ``event_id`` an id made of JSON-safe
+    characters (both are, when they come from evkit): they are not escaped.
+    """
+    return b'{"type":"%b","timestamp":%d,"id":"%b","payload":%b}' % (
+        type_.encode(),
+        timestamp,
+        event_id.encode(),
+        payload_json,
+    )
+
+
+def error_message(exc: ProtocolError) -> bytes:
+    """Encode the ``websocket.error`` reply to a rejected client message."""
+    return encode_message(ERROR, {"error": exc.error, "code": exc.code, "detail": exc.detail})
+
+
+def validate_event_type(type_: object) -> str:
+    """Return ``type_`` if it is a valid event type.
+
+    Raises:
+        InvalidEventError: it is not a dotted name of letters, digits, ``_`` and ``-``
+            (for example ``repo.commit.created``), or is longer than 256 characters.
+    """
+    if not isinstance(type_, str):
+        raise InvalidEventError(f"event type must be a string, got {type(type_).__name__}")
+    if len(type_) > MAX_EVENT_TYPE_LENGTH or not _EVENT_TYPE.fullmatch(type_):
+        raise InvalidEventError(
+            f"event type {type_[:80]!r} is not a dotted name like 'service.entity.action' "
+            f"(letters, digits, '_' and '-' between dots, at most {MAX_EVENT_TYPE_LENGTH} "
+            f"characters)"
+        )
+    return type_
+
+
+def validate_correlation_id(value: object, field: str = "correlationId") -> str | None:
+    """Return a valid correlation ID or None.
+
+    Raises:
+        ProtocolError: ``invalid_message`` when it is neither a string nor null, is
+            empty, or longer than :data:`MAX_CORRELATION_ID_LENGTH`.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_CORRELATION_ID_LENGTH:
+        raise ProtocolError(
+            "invalid_message",
+            f"{field} must be a non-empty string of at most {MAX_CORRELATION_ID_LENGTH} "
+            f"characters, or null to clear it; got {_describe(value)}",
+            {"field": field},
+        )
+    return value
+
+
+def validate_event(event: object, position: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Validate one published event ``{"type", "payload"}``; return ``(type, payload)``.
+
+    Raises:
+        ProtocolError: ``invalid_event`` naming the field (and the position in a list).
+    """
+    where = "" if position is None else f"event[{position}]: "
+    if not isinstance(event, Mapping):
+        raise ProtocolError(
+            "invalid_event",
+            f"{where}an event must be an object with 'type' and 'payload', got {_describe(event)}",
+            {"index": position},
+        )
+    try:
+        type_ = validate_event_type(event.get("type"))
+    except InvalidEventError as exc:
+        raise ProtocolError("invalid_event", where + str(exc), {"index": position}) from None
+    payload = event.get("payload", {})
+    if not isinstance(payload, Mapping):
+        raise ProtocolError(
+            "invalid_event",
+            f"{where}payload must be an object, got {_describe(payload)}",
+            {"index": position},
+        )
+    correlation_id = payload.get("correlationId")
+    if correlation_id is not None and not isinstance(correlation_id, str):
+        raise ProtocolError(
+            "invalid_event",
+            f"{where}payload.correlationId must be a string, got {_describe(correlation_id)}",
+            {"index": position},
+        )
+    return type_, dict(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """A client's opt-in to ``websocket.batch`` delivery."""
+
+    max_events: int
+    max_delay_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """``subscribe``: add (or with ``replace``, set) patterns; maybe change the filter."""
+
+    event_types: list[str]
+    correlation_id: str | _Unset | None = UNSET
+    replace: bool = False
+    since: str | None = None
+    batch: BatchOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """``unsubscribe``: remove patterns."""
+
+    event_types: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """``ping``: answered by ``pong`` echoing ``payload``."""
+
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """``publish``: one or more events to emit through the broadcaster."""
+
+    events: list[tuple[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """``auth``: credentials sent as the first message."""
+
+    token: str
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping | Publish | Auth
+
+CLIENT_TYPES: Final = ("subscribe", "unsubscribe", "ping", "publish", "auth")
+MAX_BATCH_EVENTS = 10_000
+MAX_BATCH_DELAY_MS = 10_000
+
+
+def decode_client_message(data: str | bytes) -> ClientMessage:
+    """Decode and validate one client message.
+
+    Raises:
+        ProtocolError: with ``code`` ``invalid_json`` (not JSON), ``invalid_message``
+            (not an object, missing or mistyped fields), ``unknown_type``,
+            ``invalid_pattern`` or ``invalid_event``. Nothing is partially applied: a
+            message with one bad pattern among good ones is rejected whole.
+    """
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(
+            "invalid_json", f"message is not valid JSON: {exc}", {"position": exc.pos}
+        ) from None
+    if not isinstance(message, dict):
+        raise ProtocolError(
+            "invalid_message",
+            f"message must be a JSON object with 'type' and 'payload', got {_describe(message)}",
+        )
+    type_ = message.get("type")
+    if not isinstance(type_, str):
+        raise ProtocolError(
+            "invalid_message",
+            f"message 'type' must be a string, got {_describe(type_)}",
+            {"field": "type"},
+        )
+    if type_ not in CLIENT_TYPES:
+        raise ProtocolError(
+            "unknown_type",
+            f"unknown message type {type_[:64]!r}; expected one of {', '.join(CLIENT_TYPES)}",
+            {"type": type_[:64], "expected": list(CLIENT_TYPES)},
+        )
+    payload = message.get("payload")
+    if type_ == "ping":
+        return Ping(payload)
+    if type_ == "publish":
+        if isinstance(payload, list):
+            if not payload:
+                raise ProtocolError("invalid_event", "publish needs at least one event")
+            return Publish([validate_event(event, i) for i, event in enumerate(payload)])
+        return Publish([validate_event(payload)])
+    if not isinstance(payload, dict):
+        raise ProtocolError(
+            "invalid_message",
+            f"{type_} needs an object payload, got {_describe(payload)}",
+            {"field": "payload"},
+        )
+    if type_ == "auth":
+        token = payload.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(
+                "invalid_message",
+                "auth needs payload.token, a non-empty string",
+                {"field": "token"},
+            )
+        return Auth(token)
+    if "eventTypes" not in payload and not (type_ == "subscribe" and "correlationId" in payload):
+        raise ProtocolError(
+            "invalid_message",
+            f"{type_} needs payload.eventTypes, a list of patterns",
+            {"field": "eventTypes"},
+        )
+    raw_types = payload.get("eventTypes", [])
+    if not isinstance(raw_types, list):
+        raise ProtocolError(
+            "invalid_message",
+            f"payload.eventTypes must be a list of patterns, got {_describe(raw_types)}",
+            {"field": "eventTypes"},
+        )
+    event_types = validate_patterns(raw_types)
+    if type_ == "unsubscribe":
+        return Unsubscribe(event_types)
+    return Subscribe(
+        event_types=event_types,
+        correlation_id=(
+            validate_correlation_id(payload["correlationId"])
+            if "correlationId" in payload
+            else UNSET
+        ),
+        replace=_optional_bool(payload, "replace"),
+        since=_optional_since(payload),
+        batch=_optional_batch(payload),
+    )
+
+
+def _optional_bool(payload: dict[str, Any], field: str) -> bool:
+    value = payload.get(field, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(
+            "invalid_message",
+            f"{field} must be true or false, got {_describe(value)}",
+            {"field": field},
+        )
+    return value
+
+
+def _optional_since(payload: dict[str, Any]) -> str | None:
+    value = payload.get("since")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        return value
+    raise ProtocolError(
+        "invalid_message",
+        f"since must be an event id (a string, as received in an event's 'id'), got {_describe(value)}",
+        {"field": "since"},
+    )
+
+
+def _optional_batch(payload: dict[str, Any]) -> BatchOptions | None:
+    value = payload.get("batch")
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        max_events = value.get("maxEvents")
+        max_delay = value.get("maxDelayMs")
+        if (
+            isinstance(max_events, int)
+            and not isinstance(max_events, bool)
+            and 1 <= max_events <= MAX_BATCH_EVENTS
+            and isinstance(max_delay, int | float)
+            and not isinstance(max_delay, bool)
+            and 0 <= max_delay <= MAX_BATCH_DELAY_MS
+        ):
+            return BatchOptions(max_events, float(max_delay))
+    raise ProtocolError(
+        "invalid_message",
+        f"batch must be {{'maxEvents': 1..{MAX_BATCH_EVENTS}, 'maxDelayMs': "
+        f"0..{MAX_BATCH_DELAY_MS}}}, got {_describe(value)}",
+        {"field": "batch"},
+    )
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"

@@ -274,6 +274,8 @@ def emits(
     threshold_ms: float | None = None,
     *,
     bus: EventBus | None = None,
+    fields: Callable[..., Mapping[str, Any]] | None = None,
+    result_fields: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> Callable[[F], F]:
     """Instrument a sync or async function as the operation ``name``.
 
@@ -286,6 +288,11 @@ def emits(
     of ``name``), ``operation`` (``name``), ``duration``, ``threshold`` and
     ``correlationId``.
 
+    ``fields(*args, **kwargs)``, when given, is called with the call's arguments and its
+    mapping is added to all three events (``@emits("github.api", fields=lambda endpoint:
+    {"endpoint": endpoint})``); ``result_fields(result)`` adds to ``.completed`` what the
+    return value tells (a status code, a row count).
+
     Raises:
         InvalidEventError: ``name`` is not a dotted name (raised at decoration time).
     """
@@ -296,10 +303,27 @@ def emits(
     def target() -> EventBus:
         return bus if bus is not None else global_bus
 
-    def finish(span_id: str, parent: str | None, began: float, error: BaseException | None) -> None:
+    def extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return dict(fields(*args, **kwargs)) if fields is not None else {}
+
+    def finish(
+        span_id: str,
+        parent: str | None,
+        began: float,
+        error: BaseException | None,
+        base: dict[str, Any],
+        result: Any = None,
+    ) -> None:
         duration = round((time.perf_counter() - began) * 1000.0, 3)
-        payload: dict[str, Any] = {"duration": duration, "spanId": span_id, "parentSpanId": parent}
+        payload: dict[str, Any] = {
+            **base,
+            "duration": duration,
+            "spanId": span_id,
+            "parentSpanId": parent,
+        }
         if error is None:
+            if result_fields is not None:
+                payload.update(result_fields(result))
             target().emit(completed, payload)
         else:
             payload["errorType"] = type(error).__name__
@@ -324,15 +348,16 @@ def emits(
             @functools.wraps(function)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 span_id = new_span_id()
+                base = extra(args, kwargs)
                 with span(span_id) as parent:
-                    target().emit(started, {"spanId": span_id, "parentSpanId": parent})
+                    target().emit(started, {**base, "spanId": span_id, "parentSpanId": parent})
                     began = time.perf_counter()
                     try:
                         result = await function(*args, **kwargs)
                     except BaseException as exc:
-                        finish(span_id, parent, began, exc)
+                        finish(span_id, parent, began, exc, base)
                         raise
-                    finish(span_id, parent, began, None)
+                    finish(span_id, parent, began, None, base, result)
                     return result
 
             return cast(F, async_wrapper)
@@ -340,15 +365,16 @@ def emits(
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             span_id = new_span_id()
+            base = extra(args, kwargs)
             with span(span_id) as parent:
-                target().emit(started, {"spanId": span_id, "parentSpanId": parent})
+                target().emit(started, {**base, "spanId": span_id, "parentSpanId": parent})
                 began = time.perf_counter()
                 try:
                     result = function(*args, **kwargs)
                 except BaseException as exc:
-                    finish(span_id, parent, began, exc)
+                    finish(span_id, parent, began, exc, base)
                     raise
-                finish(span_id, parent, began, None)
+                finish(span_id, parent, began, None, base, result)
                 return result
 
         return cast(F, wrapper)

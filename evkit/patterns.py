@@ -173,7 +173,7 @@ class SubscriptionIndex(Generic[K]):
     def add(self, key: K, patterns: Iterable[str]) -> list[str]:
         """Add patterns to ``key``; returns the ones that were not already held."""
         held = self._subscriptions[key]
-        added = [p for p in patterns if p not in held]
+        added = [p for p in dict.fromkeys(patterns) if p not in held]
         for pattern in added:
             held[pattern] = None
             subscribers = self._subscribers_by_pattern.get(pattern)

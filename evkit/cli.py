@@ -1,0 +1,230 @@
+"""The ``evkit`` command: ``serve``, ``demo``, ``tail`` and ``publish``.
+
+Each subcommand is a thin layer over the public API; exit codes are 0 for success,
+1 for a failure the message explains, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+__all__ = ["main"]
+
+DEFAULT_URL = "ws://127.0.0.1:3000/ws/events"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from evkit.exceptions import EvkitError
+
+        if isinstance(exc, EvkitError | OSError):
+            print(f"evkit: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evkit", description="Stream events over WebSocket, collect them, find bottlenecks."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run a broadcaster until interrupted")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=3000, help="TCP port (default 3000; 0: any)")
+    serve.add_argument("--simulate", action="store_true", help="run the simulated services too")
+    serve.add_argument("--rate", type=float, default=10.0, help="simulated requests per second")
+    serve.add_argument("--seed", type=int, default=7, help="seed of the simulated services")
+    serve.add_argument("--history", type=int, default=10_000, help="events kept for replay")
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="server + simulated services + a subscribed client, then a report"
+    )
+    demo.add_argument("--seconds", type=float, default=5.0, help="how long to run (default 5)")
+    demo.add_argument("--port", type=int, default=0, help="port (default: any free one)")
+    demo.add_argument("--rate", type=float, default=20.0, help="simulated requests per second")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the simulated services")
+    demo.add_argument("--patterns", default="*", help="comma-separated patterns to subscribe to")
+    demo.set_defaults(run=_demo)
+
+    tail = commands.add_parser("tail", help="print the events of a running server")
+    tail.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
+    tail.add_argument("--patterns", default="*", help="comma-separated patterns (default '*')")
+    tail.add_argument("--correlation-id", help="only events of this correlation ID")
+    tail.add_argument("--count", type=int, help="exit after this many events")
+    tail.add_argument("--json", action="store_true", help="print each message as a JSON line")
+    tail.set_defaults(run=_tail)
+
+    publish = commands.add_parser("publish", help="publish one event to a running server")
+    publish.add_argument("type", help="event type, e.g. repo.commit.created")
+    publish.add_argument("--payload", default="{}", help="payload as a JSON object")
+    publish.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
+    publish.set_defaults(run=_publish)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import evkit
+    from evkit.simulate import Simulation
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = evkit.serve(args.host, args.port, history_size=args.history)
+    print(f"evkit: serving {server.url} (health: {server.http_url}/healthz); Ctrl-C stops")
+    simulation = None
+    if args.simulate:
+        simulation = Simulation(seed=args.seed, rate=args.rate).start()
+        print(f"evkit: simulated services running at {args.rate:g} requests/s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if simulation is not None:
+            simulation.stop()
+        server.stop()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import evkit
+    from evkit.simulate import Simulation
+
+    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
+    server = evkit.serve(port=args.port)
+    counts: Counter[str] = Counter()
+    try:
+        print(f"evkit demo: server at {server.url}, subscribing to {', '.join(patterns)}")
+        simulation = Simulation(seed=args.seed, rate=args.rate)
+
+        async def collect() -> None:
+            from websockets.asyncio.client import connect
+
+            query = urlencode({"eventTypes": ",".join(patterns)})
+            async with connect(f"{server.url}?{query}", max_size=None) as ws:
+                orjson.loads(await ws.recv())  # websocket.connected
+                simulation.start(seconds=args.seconds)
+                began = time.monotonic()
+                while True:
+                    try:
+                        message = await asyncio.wait_for(ws.recv(), 0.5)
+                    except TimeoutError:
+                        if not simulation.running:
+                            break
+                        continue
+                    counts[orjson.loads(message)["type"]] += 1
+                    elapsed = time.monotonic() - began
+                    _progress(min(elapsed / args.seconds, 1.0), sum(counts.values()))
+
+        asyncio.run(collect())
+        simulation.stop()
+    finally:
+        server.stop()
+    print()
+    width = max((len(t) for t in counts), default=10)
+    print(f"\n{'event type':<{width}}  received")
+    for type_, count in sorted(counts.items()):
+        print(f"{type_:<{width}}  {count:>8}")
+    print(f"{'total':<{width}}  {sum(counts.values()):>8}")
+    return 0 if counts else 1
+
+
+def _progress(fraction: float, events: int) -> None:
+    if not sys.stdout.isatty():
+        return
+    bar = "#" * int(fraction * 30)
+    print(f"\r[{bar:<30}] {fraction:4.0%}  {events} events", end="", flush=True)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    async def run() -> int:
+        from websockets.asyncio.client import connect
+
+        params: dict[str, str] = {"eventTypes": args.patterns}
+        if args.correlation_id:
+            params["correlationId"] = args.correlation_id
+        received = 0
+        async with connect(f"{args.url}?{urlencode(params)}", max_size=None) as ws:
+            async for raw in ws:
+                message: dict[str, Any] = orjson.loads(raw)
+                if args.json:
+                    print(raw if isinstance(raw, str) else raw.decode(), flush=True)
+                else:
+                    print(_one_line(message), flush=True)
+                if not message["type"].startswith("websocket."):
+                    received += 1
+                    if args.count is not None and received >= args.count:
+                        break
+        return 0
+
+    return asyncio.run(run())
+
+
+def _one_line(message: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(message.get("timestamp", 0) / 1000))
+    payload = message.get("payload") or {}
+    correlation = payload.get("correlationId", "") if isinstance(payload, dict) else ""
+    body = orjson.dumps(payload).decode()
+    if len(body) > 160:
+        body = body[:157] + "..."
+    return f"{stamp} {message.get('id', '-'):>6} {message['type']:<36} {correlation:<12} {body}"
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from evkit.messages import validate_event_type
+
+    validate_event_type(args.type)
+    try:
+        payload = orjson.loads(args.payload)
+    except orjson.JSONDecodeError as exc:
+        print(f"evkit: --payload is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(payload, dict):
+        print("evkit: --payload must be a JSON object", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        from websockets.asyncio.client import connect
+
+        async with connect(f"{args.url}?eventTypes={args.type}") as ws:
+            orjson.loads(await ws.recv())
+            await ws.send(
+                orjson.dumps(
+                    {"type": "publish", "payload": {"type": args.type, "payload": payload}}
+                ).decode()
+            )
+            while True:
+                message = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+                if message["type"] == "websocket.error":
+                    print(f"evkit: rejected: {message['payload']['error']}", file=sys.stderr)
+                    return 1
+                if message["type"] == args.type:
+                    print(f"published {args.type} as id {message['id']}")
+                    return 0
+
+    return asyncio.run(run())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from evkit import bus
 from evkit.bus import Event, EventBus, RequestBus, emit, emits, request_bus
+from evkit.collector import Collector, capture, collect
 from evkit.context import correlation, current_correlation_id
 from evkit.exceptions import (
     EvkitError,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Broadcaster",
+    "Collector",
     "Event",
     "EventBus",
     "EvkitError",
@@ -47,6 +49,8 @@ __all__ = [
     "WaitTimeout",
     "__version__",
     "bus",
+    "capture",
+    "collect",
     "correlation",
     "current_correlation_id",
     "emit",

@@ -163,7 +163,10 @@ class EventBus:
             raise InvalidEventError(
                 f"payload of {type_} must be a mapping (a dict), got {type(payload).__name__}"
             )
-        correlation_id = correlation_id or body.get("correlationId") or current_correlation_id()
+        if correlation_id is None:
+            correlation_id = body.get("correlationId")
+        if correlation_id is None:
+            correlation_id = current_correlation_id()
         if correlation_id is not None:
             if not isinstance(correlation_id, str):
                 raise InvalidEventError(
@@ -306,6 +309,15 @@ def emits(
     def extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         return dict(fields(*args, **kwargs)) if fields is not None else {}
 
+    def started_payload(span_id: str, parent: str | None, base: dict[str, Any]) -> dict[str, Any]:
+        # correlationId is always present (null without one), as on the slow-operation event
+        return {
+            "correlationId": current_correlation_id(),
+            **base,
+            "spanId": span_id,
+            "parentSpanId": parent,
+        }
+
     def finish(
         span_id: str,
         parent: str | None,
@@ -316,6 +328,7 @@ def emits(
     ) -> None:
         duration = round((time.perf_counter() - began) * 1000.0, 3)
         payload: dict[str, Any] = {
+            "correlationId": current_correlation_id(),
             **base,
             "duration": duration,
             "spanId": span_id,
@@ -350,7 +363,7 @@ def emits(
                 span_id = new_span_id()
                 base = extra(args, kwargs)
                 with span(span_id) as parent:
-                    target().emit(started, {**base, "spanId": span_id, "parentSpanId": parent})
+                    target().emit(started, started_payload(span_id, parent, base))
                     began = time.perf_counter()
                     try:
                         result = await function(*args, **kwargs)
@@ -367,7 +380,7 @@ def emits(
             span_id = new_span_id()
             base = extra(args, kwargs)
             with span(span_id) as parent:
-                target().emit(started, {**base, "spanId": span_id, "parentSpanId": parent})
+                target().emit(started, started_payload(span_id, parent, base))
                 began = time.perf_counter()
                 try:
                     result = function(*args, **kwargs)

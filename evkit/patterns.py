@@ -232,6 +232,9 @@ class SubscriptionIndex(Generic[K]):
         for pattern, subscribers in self._subscribers_by_pattern.items():
             if self._matchers[pattern](event_type):
                 wanted.update(subscribers)
+        if len(wanted) > 1:
+            # registration order, whichever patterns matched first (the bus promises it)
+            wanted = {key: None for key in self._subscriptions if key in wanted}
         unfiltered: list[K] = []
         by_correlation: dict[str, list[K]] = {}
         filters = self._filters

@@ -356,7 +356,7 @@ class Broadcaster:
 
     def _parse_connect(
         self, request: Request, query: str
-    ) -> tuple[list[str], str | None, str | None]:
+    ) -> tuple[list[str], str | None, str | None, str | None]:
         params = parse_qs(query, keep_blank_values=True)
         patterns = ["*"]
         if "eventTypes" in params:
@@ -378,7 +378,8 @@ class Broadcaster:
                 "invalid_message",
                 f"since must be an event id received from this server, got {since!r}",
             )
-        return patterns, correlation_id, since
+        epoch = params.get("epoch", [None])[-1] or None
+        return patterns, correlation_id, since, epoch
 
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` document."""
@@ -399,7 +400,7 @@ class Broadcaster:
     # -- one connection ---------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        patterns, correlation_id, since = connection.evkit_start  # type: ignore[attr-defined]
+        patterns, correlation_id, since, epoch = connection.evkit_start  # type: ignore[attr-defined]
         remote = connection.remote_address
         state = ClientState(_client_id(), f"{remote[0]}:{remote[1]}" if remote else "?")
         self._stats.connections_total += 1
@@ -421,7 +422,7 @@ class Broadcaster:
         self._clients[connection] = state
         self._index.add_subscriber(connection, patterns, correlation_id)
         if since is not None:
-            self._replay(connection, since, patterns, (), correlation_id)
+            self._replay(connection, since, patterns, (), correlation_id, epoch)
         logger.info("client %s connected from %s", state.client_id, state.remote)
         try:
             async for message in connection:
@@ -531,8 +532,13 @@ class Broadcaster:
         patterns: Iterable[str],
         already: Iterable[str],
         correlation_id: str | None,
+        epoch: str | None = None,
     ) -> None:
-        """Send history after ``since`` matching ``patterns`` but none of ``already``."""
+        """Send history after ``since`` matching ``patterns`` but none of ``already``.
+
+        ``since`` from another epoch (another stream) does not apply here: the whole
+        history is sent, and the replay is reported incomplete.
+        """
         self._stats.replays += 1
         try:
             after = int(since)
@@ -540,9 +546,12 @@ class Broadcaster:
             after = -1
         history = self._history
         first = history[0][0] if history else self._last_id + 1
+        other_epoch = epoch is not None and epoch != self.epoch
+        if other_epoch:
+            after = 0
         # Complete when nothing after `since` has left the history, and `since` is an id
         # this stream has handed out (a larger one comes from another epoch).
-        complete = first - 1 <= after <= self._last_id
+        complete = not other_epoch and first - 1 <= after <= self._last_id
         wanted = [compile_pattern(p) for p in patterns]
         skip = [compile_pattern(p) for p in already]
         count = 0

@@ -1,0 +1,603 @@
+"""The notebook collector: subscribed events buffered column-wise, as a pandas DataFrame.
+
+:func:`collect` runs a :class:`~evkit.client.Subscriber` on evkit's loop thread and
+returns a :class:`Collector` at once (after the first connection is welcomed). Each
+event is flattened on arrival into per-column lists (``id``, ``timestamp``, ``type``,
+``correlation_id``, ``duration_ms`` and one list per payload key, nested keys joined
+by ``.``), so :meth:`Collector.to_dataframe` only converts what arrived since the
+previous call and appends it to the frame it already built. The buffer is bounded by
+``max_events``: the oldest events go first, and that is counted in ``stats``.
+
+:func:`capture` is the same collector fed straight from the in-process bus, with no
+socket: for tests and quick looks.
+
+Methods are thread-safe; blocking ones (``wait``, ``subscribe``...) must not be called
+on evkit's loop thread. This module never imports the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from evkit._loop import loop_thread
+from evkit.bus import Event, EventBus, global_bus
+from evkit.client import Subscriber
+from evkit.exceptions import WaitTimeout
+from evkit.messages import validate_correlation_id
+from evkit.patterns import validate_patterns
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["FIXED_COLUMNS", "Collector", "capture", "collect"]
+
+FIXED_COLUMNS = (
+    "id",
+    "timestamp",
+    "type",
+    "service",
+    "entity",
+    "action",
+    "correlation_id",
+    "duration_ms",
+)
+_RECENT = 1_000
+
+
+def _flatten(payload: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in payload.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            _flatten(value, name + ".", out)
+        else:
+            if not prefix and name in FIXED_COLUMNS:
+                name = f"payload.{name}"
+            out[name] = value
+
+
+class _ColumnBuffer:
+    """Rows not yet converted, one list per column; all lists always have equal length."""
+
+    def __init__(self) -> None:
+        self.ids: list[str | None] = []
+        self.timestamps: list[float] = []
+        self.types: list[str] = []
+        self.correlations: list[str | None] = []
+        self.durations: list[float] = []
+        self.payload: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def append(self, event: dict[str, Any]) -> None:
+        payload = event.get("payload")
+        if not isinstance(payload, dict):
+            payload = {}
+        rows = len(self.ids)
+        self.ids.append(event.get("id"))
+        timestamp = event.get("timestamp")
+        self.timestamps.append(
+            timestamp
+            if isinstance(timestamp, int | float) and not isinstance(timestamp, bool)
+            else float("nan")
+        )
+        self.types.append(event.get("type", ""))
+        correlation = payload.get("correlationId")
+        self.correlations.append(correlation if isinstance(correlation, str) else None)
+        duration = payload.get("duration")
+        self.durations.append(
+            float(duration)
+            if isinstance(duration, int | float) and not isinstance(duration, bool)
+            else float("nan")
+        )
+        flat: dict[str, Any] = {}
+        _flatten(payload, "", flat)
+        columns = self.payload
+        for name, value in flat.items():
+            column = columns.get(name)
+            if column is None:
+                column = columns[name] = [None] * rows
+            column.append(value)
+        if len(flat) != len(columns):
+            for column in columns.values():
+                if len(column) == rows:
+                    column.append(None)
+
+    def drop_oldest(self, count: int) -> None:
+        for column in (self.ids, self.timestamps, self.types, self.correlations, self.durations):
+            del column[:count]
+        for column in self.payload.values():
+            del column[:count]
+
+    def to_frame(self) -> pd.DataFrame:
+        import numpy as np
+        import pandas as pd
+
+        parts = {}
+        for type_ in set(self.types):
+            segments = type_.split(".")
+            parts[type_] = (
+                segments[0],
+                ".".join(segments[1:-1]) if len(segments) > 2 else "",
+                segments[-1] if len(segments) > 1 else "",
+            )
+        data: dict[str, Any] = {
+            "id": pd.array(self.ids, dtype="string"),
+            "timestamp": pd.to_datetime(
+                np.asarray(self.timestamps, dtype="float64"), unit="ms", utc=True
+            ),
+            "type": pd.array(self.types, dtype="string"),
+            "service": pd.array([parts[t][0] for t in self.types], dtype="string"),
+            "entity": pd.array([parts[t][1] for t in self.types], dtype="string"),
+            "action": pd.array([parts[t][2] for t in self.types], dtype="string"),
+            "correlation_id": pd.array(self.correlations, dtype="string"),
+            "duration_ms": pd.array(self.durations, dtype="float64"),
+        }
+        for name, column in self.payload.items():
+            data[name] = column
+        return pd.DataFrame(data)
+
+
+def empty_frame() -> pd.DataFrame:
+    """A frame with the fixed columns and no rows."""
+    return _ColumnBuffer().to_frame()
+
+
+class Collector:
+    """Events of one subscription, buffered and convertible to a DataFrame.
+
+    Made by :func:`collect` (over WebSocket) or :func:`capture` (from the bus).
+    Use it as a context manager, or call :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        patterns: Iterable[str],
+        correlation_id: str | None,
+        max_events: int,
+    ) -> None:
+        if not isinstance(max_events, int) or max_events < 1:
+            raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
+        self.url = source
+        self.max_events = max_events
+        self._patterns = validate_patterns(list(patterns))
+        self._correlation_id = correlation_id
+        self._lock = threading.Condition()
+        self._pending = _ColumnBuffer()
+        self._frame: pd.DataFrame | None = None
+        self._frame_rows = 0
+        self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
+        self._type_counts: Counter[str] = Counter()
+        self._received = 0
+        self._dropped = 0
+        self._started = time.monotonic()
+        self._rate_window: deque[tuple[float, int]] = deque(maxlen=64)
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._state = "running"
+
+    # -- ingest (loop thread or emitting thread) -----------------------------------------
+
+    def _ingest(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._pending.append(event)
+            self._recent.append(event)
+            self._type_counts[event.get("type", "")] += 1
+            self._received += 1
+            over = self._frame_rows + len(self._pending) - self.max_events
+            # Trim in steps of a tenth, so dropping stays cheap per event.
+            if over > max(1, self.max_events // 10):
+                self._drop_oldest(over)
+            self._lock.notify_all()
+        for listener in self._listeners:
+            listener(event)
+
+    def _drop_oldest(self, count: int) -> None:
+        from_frame = min(count, self._frame_rows)
+        if from_frame:
+            assert self._frame is not None
+            self._frame = self._frame.iloc[from_frame:].reset_index(drop=True)
+            self._frame_rows -= from_frame
+        rest = count - from_frame
+        if rest:
+            self._pending.drop_oldest(rest)
+        self._dropped += count
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        with self._lock:
+            return min(self._frame_rows + len(self._pending), self.max_events)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The buffered events as a DataFrame (a new object each call; safe to modify).
+
+        Columns: ``id, timestamp, type, service, entity, action, correlation_id,
+        duration_ms``, then one per payload key (nested keys joined by ``.``; a key named
+        like a fixed column becomes ``payload.<key>``). Only events that arrived since
+        the previous call are converted.
+        """
+        import pandas as pd
+
+        with self._lock:
+            if len(self._pending):
+                chunk = self._pending.to_frame()
+                self._pending = _ColumnBuffer()
+                if self._frame is None or not self._frame_rows:
+                    self._frame = chunk
+                else:
+                    self._frame = pd.concat([self._frame, chunk], ignore_index=True, sort=False)
+                self._frame_rows = len(self._frame)
+            over = self._frame_rows - self.max_events
+            if over > 0:
+                self._drop_oldest(over)
+            frame = self._frame if self._frame is not None else empty_frame()
+            return frame.copy(deep=False)
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """Same as :meth:`to_dataframe`."""
+        return self.to_dataframe()
+
+    def recent(self, count: int = 50) -> list[dict[str, Any]]:
+        """The latest events as received (newest last), at most 1,000."""
+        with self._lock:
+            return list(self._recent)[-count:]
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counts and state: received, held, dropped, reconnects, gaps, rate per second..."""
+        with self._lock:
+            return {
+                "state": self._state,
+                "received": self._received,
+                "held": min(self._frame_rows + len(self._pending), self.max_events),
+                "dropped": self._dropped,
+                "rate": self._rate(),
+                "types": dict(self._type_counts),
+                **self._connection_stats(),
+            }
+
+    def _connection_stats(self) -> dict[str, Any]:
+        return {"reconnects": 0, "replayed": 0, "gaps": 0}
+
+    def _rate(self) -> float:
+        now = time.monotonic()
+        window = self._rate_window
+        window.append((now, self._received))
+        while len(window) > 2 and now - window[0][0] > 5.0:
+            window.popleft()
+        then, count = window[0]
+        if now - then < 0.5:
+            elapsed = now - self._started
+            return self._received / elapsed if elapsed > 0 else 0.0
+        return (self._received - count) / (now - then)
+
+    @property
+    def patterns(self) -> list[str]:
+        return list(self._patterns)
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._correlation_id
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait(self, count: int | None = None, timeout: float = 10.0) -> Collector:
+        """Block until ``count`` events are held (default: one more than now).
+
+        Returns self, so ``col.wait(100).df`` reads naturally.
+
+        Raises:
+            WaitTimeout: not enough events in ``timeout`` seconds; the message says how
+                many arrived, of which types, and the connection's state.
+            ValueError: ``count`` exceeds ``max_events`` (it could never be reached).
+        """
+        with self._lock:
+            target = self._received + 1 if count is None else count
+            if count is not None and count > self.max_events:
+                raise ValueError(
+                    f"wait(count={count}) can never be satisfied: this collector holds at "
+                    f"most max_events={self.max_events} events"
+                )
+
+            def held() -> int:
+                return self._frame_rows + len(self._pending)
+
+            condition = (
+                (lambda: self._received >= target) if count is None else (lambda: held() >= target)
+            )
+            if not self._lock.wait_for(condition, timeout):
+                raise WaitTimeout(
+                    f"waited {timeout:g} s for {'another event' if count is None else f'{count} events'}; "
+                    f"{held()} held ({self._describe_arrivals()})"
+                )
+        return self
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Block until an event satisfies ``predicate`` and return it.
+
+        The last 1,000 events already received are checked first, then each new one.
+
+        Raises:
+            WaitTimeout: none did in ``timeout`` seconds (the message says what arrived).
+        """
+        deadline = time.monotonic() + timeout
+        checked = 0
+        with self._lock:
+            while True:
+                recent = list(self._recent)
+                new = self._received - checked
+                for event in recent[-new:] if checked and new < len(recent) else recent:
+                    if predicate(event):
+                        return event
+                checked = self._received
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"waited {timeout:g} s for an event matching the predicate; none did "
+                        f"({self._describe_arrivals()})"
+                    )
+                self._lock.wait_for(lambda seen=checked: self._received > seen, remaining)
+
+    def _describe_arrivals(self) -> str:
+        top = ", ".join(f"{t} {n}" for t, n in self._type_counts.most_common(5)) or "nothing"
+        connection = self._connection_stats()
+        return (
+            f"arrived: {self._received} events ({top}); patterns {self._patterns}, "
+            f"correlation {self._correlation_id!r}; source {self.url}, state {self._state}, "
+            f"{connection.get('reconnects', 0)} reconnects"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Forget every buffered event (counters other than ``held`` are kept)."""
+        with self._lock:
+            self._pending = _ColumnBuffer()
+            self._frame = None
+            self._frame_rows = 0
+            self._recent.clear()
+
+    def stop(self) -> None:
+        """Stop receiving. The buffered events stay readable."""
+        self._state = "stopped"
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        stats = self.stats
+        return (
+            f"<evkit.Collector {self.url} patterns={self._patterns} "
+            f"held={stats['held']} state={stats['state']}>"
+        )
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        stats = self.stats
+        rows = [
+            ("source", self.url),
+            ("patterns", ", ".join(self._patterns)),
+            ("correlation", self._correlation_id or "all"),
+            ("state", stats["state"]),
+            ("events held", f"{stats['held']:,} of at most {self.max_events:,}"),
+            ("received", f"{stats['received']:,}"),
+            ("rate", f"{stats['rate']:.1f} /s"),
+            ("dropped (buffer full)", f"{stats['dropped']:,}"),
+            ("reconnects", f"{stats['reconnects']:,}"),
+            ("replayed", f"{stats['replayed']:,}"),
+            ("gaps reported", f"{stats['gaps']:,}"),
+        ]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        return f"<b>evkit Collector</b><table>{body}</table>"
+
+
+class WebSocketCollector(Collector):
+    """A collector fed by a :class:`~evkit.client.Subscriber` on evkit's loop thread."""
+
+    def __init__(
+        self,
+        url: str,
+        patterns: Iterable[str],
+        correlation_id: str | None,
+        max_events: int,
+        connect_timeout: float,
+    ) -> None:
+        super().__init__(url, patterns, correlation_id, max_events)
+        self._loop_thread = loop_thread()
+        self._subscriber: Subscriber | None = None
+
+        async def start() -> Subscriber:
+            subscriber = Subscriber(url, self._patterns, correlation_id, on_event=self._ingest)
+            self._task = self._loop_thread.loop.create_task(subscriber.run())
+            self._task.add_done_callback(self._on_done)
+            welcomed = self._loop_thread.loop.create_task(subscriber._connected.wait())
+            await asyncio.wait(
+                (welcomed, self._task), timeout=connect_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            welcomed.cancel()
+            if self._task.done():
+                self._task.result()  # raises what ended the subscriber (a refused subscription)
+            if not subscriber.connected:
+                await subscriber.stop()
+                raise ConnectionError(
+                    f"could not connect to {url} within {connect_timeout:g} s "
+                    f"({subscriber.stats.last_error or 'no answer'}); is the server running?"
+                )
+            return subscriber
+
+        self._subscriber = self._loop_thread.run(start(), timeout=connect_timeout + 5)
+
+    def _on_done(self, task: Any) -> None:
+        with self._lock:
+            if self._state != "stopped":
+                self._state = "failed" if not task.cancelled() and task.exception() else "stopped"
+
+    def _connection_stats(self) -> dict[str, Any]:
+        subscriber = self._subscriber
+        if subscriber is None:
+            return super()._connection_stats()
+        stats = subscriber.stats
+        return {
+            "connection": stats.state,
+            "reconnects": stats.reconnects,
+            "replayed": stats.replayed,
+            "gaps": stats.gaps,
+            "last_id": stats.last_id,
+            "last_error": stats.last_error,
+        }
+
+    def subscribe(
+        self, patterns: Iterable[str], *, replace: bool = False, timeout: float = 10.0
+    ) -> list[str]:
+        """Add patterns (or, with ``replace``, set exactly these); returns the set now held.
+
+        Raises:
+            InvalidPatternError, ProtocolError: rejected (nothing changed).
+            ConnectionError: not connected right now.
+        """
+        assert self._subscriber is not None
+        reply = self._loop_thread.run(
+            self._subscriber.subscribe(patterns, replace=replace, timeout=timeout), timeout + 1
+        )
+        self._patterns = list(reply["subscriptions"])
+        return self.patterns
+
+    def unsubscribe(self, patterns: Iterable[str], timeout: float = 10.0) -> list[str]:
+        """Remove patterns; returns the set now held."""
+        assert self._subscriber is not None
+        reply = self._loop_thread.run(self._subscriber.unsubscribe(patterns, timeout), timeout + 1)
+        self._patterns = list(reply["subscriptions"])
+        return self.patterns
+
+    def set_correlation(self, correlation_id: str | None, timeout: float = 10.0) -> None:
+        """Receive only events of ``correlation_id`` from now on (None: all)."""
+        assert self._subscriber is not None
+        self._loop_thread.run(
+            self._subscriber.subscribe([], correlation_id=correlation_id, timeout=timeout),
+            timeout + 1,
+        )
+        self._correlation_id = correlation_id
+
+    def drop_connection(self) -> None:
+        """Cut the connection abruptly (it reconnects and resumes); for tests and drills."""
+        assert self._subscriber is not None
+        self._loop_thread.run(self._subscriber.drop_connection(), 5)
+
+    def stop(self) -> None:
+        if self._state == "stopped":
+            return
+        super().stop()
+        if self._subscriber is not None and self._loop_thread.alive:
+            self._loop_thread.run(self._subscriber.stop(), 10)
+
+
+class BusCollector(Collector):
+    """A collector fed straight from an in-process :class:`~evkit.bus.EventBus`."""
+
+    def __init__(
+        self, bus: EventBus, patterns: Iterable[str], correlation_id: str | None, max_events: int
+    ) -> None:
+        super().__init__("in-process bus", patterns, correlation_id, max_events)
+        self._bus = bus
+        for pattern in self._patterns:
+            bus.on(pattern, self._on_event)
+
+    def subscribe(self, patterns: Iterable[str], *, replace: bool = False) -> list[str]:
+        """Add patterns (or, with ``replace``, set exactly these); returns the set now held."""
+        wanted = validate_patterns(list(patterns))
+        if replace:
+            self._bus.off(self._on_event)
+            self._patterns = []
+        for pattern in wanted:
+            if pattern not in self._patterns:
+                self._bus.on(pattern, self._on_event)
+                self._patterns.append(pattern)
+        return self.patterns
+
+    def unsubscribe(self, patterns: Iterable[str]) -> list[str]:
+        """Remove patterns; returns the set now held."""
+        for pattern in validate_patterns(list(patterns)):
+            if pattern in self._patterns:
+                self._bus.off(self._on_event, pattern)
+                self._patterns.remove(pattern)
+        return self.patterns
+
+    def set_correlation(self, correlation_id: str | None) -> None:
+        """Keep only events of ``correlation_id`` from now on (None: all)."""
+        self._correlation_id = validate_correlation_id(correlation_id)
+
+    def _on_event(self, event: Event) -> None:
+        if self._state == "stopped":
+            return
+        if self._correlation_id is not None and event.correlation_id != self._correlation_id:
+            return
+        self._ingest(event.to_dict())
+
+    def stop(self) -> None:
+        super().stop()
+        self._bus.off(self._on_event)
+
+
+def collect(
+    url_or_server: Any,
+    patterns: Iterable[str] = ("*",),
+    correlation_id: str | None = None,
+    max_events: int = 1_000_000,
+    *,
+    connect_timeout: float = 10.0,
+) -> WebSocketCollector:
+    """Subscribe to a broadcaster and buffer what arrives; returns once connected.
+
+    ``url_or_server`` is a ``ws://.../ws/events`` URL or a server handle (anything with
+    a ``url``). The subscription (patterns and correlation filter) applies from the
+    first event. The collector reconnects and resumes on its own when the connection
+    drops.
+
+    Raises:
+        InvalidPatternError: a pattern is malformed.
+        ProtocolError: the server refused the subscription.
+        ConnectionError: no connection within ``connect_timeout`` seconds.
+    """
+    url = getattr(url_or_server, "url", url_or_server)
+    if not isinstance(url, str):
+        raise TypeError(
+            f"collect() needs a ws:// URL or a server, got {type(url_or_server).__name__}"
+        )
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return WebSocketCollector(url, patterns, correlation_id, max_events, connect_timeout)
+
+
+def capture(
+    patterns: Iterable[str] = ("*",),
+    correlation_id: str | None = None,
+    max_events: int = 1_000_000,
+    *,
+    bus: EventBus | None = None,
+) -> BusCollector:
+    """Collect events straight from the in-process bus (no server, no socket).
+
+    Events emitted after this call are captured synchronously on the emitting thread,
+    so ``to_dataframe()`` sees them as soon as ``emit()`` returns.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return BusCollector(
+        bus if bus is not None else global_bus, patterns, correlation_id, max_events
+    )

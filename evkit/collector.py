@@ -18,6 +18,7 @@ on evkit's loop thread. This module never imports the server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import Counter, deque
@@ -345,7 +346,10 @@ class Collector:
                         f"waited {timeout:g} s for an event matching the predicate; none did "
                         f"({self._describe_arrivals()})"
                     )
-                self._lock.wait_for(lambda seen=checked: self._received > seen, remaining)
+                self._lock.wait_for(functools.partial(self._received_more_than, checked), remaining)
+
+    def _received_more_than(self, count: int) -> bool:
+        return self._received > count
 
     def _describe_arrivals(self) -> str:
         top = ", ".join(f"{t} {n}" for t, n in self._type_counts.most_common(5)) or "nothing"

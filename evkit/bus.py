@@ -283,7 +283,8 @@ def emits(
     """Instrument a sync or async function as the operation ``name``.
 
     Each call emits ``name.started`` (``spanId``, ``parentSpanId``, ``correlationId``),
-    then ``name.completed`` (``duration`` in ms, ``spanId``, ``parentSpanId``) or, when
+    then ``name.completed`` (``duration`` in ms, ``spanId``, ``parentSpanId``,
+    ``correlationId``; it is null outside any correlation) or, when
     it raises, ``name.failed`` (also ``errorType``, ``errorMessage``) before the
     exception propagates unchanged. A call inside another instrumented call gets that
     call's span as ``parentSpanId``. When ``threshold_ms`` is given and exceeded,

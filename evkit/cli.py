@@ -13,8 +13,8 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -61,13 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(
-        "demo", help="server + simulated services + a subscribed client, then a report"
+        "demo", help="server + simulated services + a collector, then a bottleneck report"
     )
     demo.add_argument("--seconds", type=float, default=5.0, help="how long to run (default 5)")
     demo.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     demo.add_argument("--rate", type=float, default=20.0, help="simulated requests per second")
     demo.add_argument("--seed", type=int, default=7, help="seed of the simulated services")
     demo.add_argument("--patterns", default="*", help="comma-separated patterns to subscribe to")
+    demo.add_argument("--out", default="evkit-report", help="folder for the PNG charts")
     demo.set_defaults(run=_demo)
 
     tail = commands.add_parser("tail", help="print the events of a running server")
@@ -113,45 +114,81 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     import evkit
+    from evkit import analysis
     from evkit.simulate import Simulation
 
     patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
+    out = Path(args.out)
     server = evkit.serve(port=args.port)
-    counts: Counter[str] = Counter()
     try:
-        print(f"evkit demo: server at {server.url}, subscribing to {', '.join(patterns)}")
-        simulation = Simulation(seed=args.seed, rate=args.rate)
-
-        async def collect() -> None:
-            from websockets.asyncio.client import connect
-
-            query = urlencode({"eventTypes": ",".join(patterns)})
-            async with connect(f"{server.url}?{query}", max_size=None) as ws:
-                orjson.loads(await ws.recv())  # websocket.connected
-                simulation.start(seconds=args.seconds)
-                began = time.monotonic()
-                while True:
-                    try:
-                        message = await asyncio.wait_for(ws.recv(), 0.5)
-                    except TimeoutError:
-                        if not simulation.running:
-                            break
-                        continue
-                    counts[orjson.loads(message)["type"]] += 1
-                    elapsed = time.monotonic() - began
-                    _progress(min(elapsed / args.seconds, 1.0), sum(counts.values()))
-
-        asyncio.run(collect())
-        simulation.stop()
+        print(f"evkit demo: broadcaster at {server.url}")
+        print(f"collecting {', '.join(patterns)} over WebSocket while the simulated services run")
+        with evkit.collect(server, patterns) as collector:
+            simulation = Simulation(seed=args.seed, rate=args.rate).start(seconds=args.seconds)
+            began = time.monotonic()
+            while simulation.running:
+                elapsed = time.monotonic() - began
+                _progress(min(elapsed / args.seconds, 1.0), collector.stats["received"])
+                time.sleep(0.1)
+            simulation.stop()
+            evkit.flush()
+            _progress(1.0, collector.stats["received"])
+            print()
+            # Everything emitted has been written to the socket; wait until it was read.
+            published = server.stats()["published"]
+            if patterns == ["*"]:
+                collector.wait(count=published, timeout=10)
+            frame = collector.to_dataframe()
+            stats = collector.stats
     finally:
         server.stop()
-    print()
-    width = max((len(t) for t in counts), default=10)
-    print(f"\n{'event type':<{width}}  received")
-    for type_, count in sorted(counts.items()):
-        print(f"{type_:<{width}}  {count:>8}")
-    print(f"{'total':<{width}}  {sum(counts.values()):>8}")
-    return 0 if counts else 1
+    if frame.empty:
+        print("no events were collected; check the patterns", file=sys.stderr)
+        return 1
+    print(
+        f"\n{stats['received']:,} events from {frame['correlation_id'].nunique():,} requests "
+        f"({stats['dropped']} dropped, {stats['reconnects']} reconnects)\n"
+    )
+    print(_report(frame, analysis))
+    out.mkdir(parents=True, exist_ok=True)
+    by_correlation = analysis.latency_by_correlation(frame)
+    latency_png = out / "latency-by-correlation.png"
+    analysis.plot_latency_by_correlation(frame).savefig(latency_png, dpi=110)
+    slowest = str(by_correlation.index[0])
+    waterfall_png = out / f"waterfall-{slowest}.png"
+    analysis.plot_waterfall(frame, slowest).savefig(waterfall_png, dpi=110)
+    print(f"\nlatency chart:           {latency_png}")
+    print(f"slowest request waterfall: {waterfall_png}")
+    return 0
+
+
+def _report(frame: Any, analysis: Any) -> str:
+    lines = ["Top operations by impact (total time spent):", ""]
+    top = analysis.bottlenecks(frame, top=8)
+    lines.append(
+        f"  {'operation':<20} {'count':>6} {'errors':>6} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'total s':>8} {'share':>6} {'slow':>5}"
+    )
+    for operation, row in top.iterrows():
+        lines.append(
+            f"  {operation!s:<20} {int(row['count']):>6} {int(row['errors']):>6} {row['p50_ms']:>8.1f} "
+            f"{row['p95_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['total_ms'] / 1000:>8.2f} "
+            f"{row['share']:>6.0%} {int(row['slow_events']):>5}"
+        )
+    lines += ["", "Slowest requests (wall time, first to last event):", ""]
+    lines.append(
+        f"  {'correlation id':<16} {'wall ms':>8} {'ops':>4} {'errors':>6}  slowest operation"
+    )
+    slowest = analysis.latency_by_correlation(frame).head(5)
+    for correlation_id, row in slowest.iterrows():
+        lines.append(
+            f"  {correlation_id!s:<16} {row['wall_ms']:>8.1f} {int(row['operations']):>4} "
+            f"{int(row['errors']):>6}  {row['slowest_operation']} ({row['slowest_ms']:.1f} ms)"
+        )
+    critical = analysis.critical_path(frame, str(slowest.index[0]))
+    chain = " -> ".join(f"{r.operation} {r.duration_ms:.0f} ms" for r in critical.itertuples())
+    lines += ["", f"Critical path of {slowest.index[0]}: {chain}"]
+    return "\n".join(lines)
 
 
 def _progress(fraction: float, events: int) -> None:

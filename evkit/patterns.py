@@ -212,7 +212,10 @@ class SubscriptionIndex(Generic[K]):
         self._cache.clear()
 
     def route(self, event_type: str, correlation_id: str | None) -> list[K]:
-        """The subscribers of an event of this type and correlation ID.
+        """The subscribers of an event of this type and correlation ID, each once.
+
+        Unfiltered subscribers come first, then the filtered ones; each group in the
+        order the subscribers were registered.
 
         The returned list may be shared with the cache: do not mutate it.
         """

@@ -90,7 +90,6 @@ class EventBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._index: SubscriptionIndex[Handler] = SubscriptionIndex()
-        self._is_async: dict[Handler, bool] = {}
         self._valid_types: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.emitted = 0
@@ -118,7 +117,6 @@ class EventBus:
         with self._lock:
             if handler not in self._index:
                 self._index.add_subscriber(handler)
-                self._is_async[handler] = inspect.iscoroutinefunction(handler)
             self._index.add(handler, [pattern])
         return handler
 
@@ -131,7 +129,6 @@ class EventBus:
                 self._index.remove(handler, [pattern])
             if pattern is None or not self._index.subscriptions(handler):
                 self._index.remove_subscriber(handler)
-                self._is_async.pop(handler, None)
 
     def emit(
         self,
@@ -181,14 +178,12 @@ class EventBus:
         """Hand an already-built event to the matching handlers."""
         with self._lock:
             handlers = self._index.route(event.type, None)
-            is_async = self._is_async
             self.emitted += 1
         for handler in handlers:
             try:
-                if is_async.get(handler):
-                    self._schedule(cast(Callable[[Event], Awaitable[Any]], handler)(event))
-                else:
-                    handler(event)
+                result = handler(event)
+                if inspect.isawaitable(result):  # async def, or an object with async __call__
+                    self._schedule(result)
             except Exception:
                 self.handler_errors += 1
                 logger.exception("event handler %r failed on %s", handler, event.type)

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from evkit.exceptions import ProtocolError
 from evkit.messages import validate_correlation_id
@@ -123,6 +123,8 @@ class Subscriber:
                         self.connect_url(), max_size=None, open_timeout=self.open_timeout
                     ) as ws:
                         self._ws = ws
+                        if self.stopping:
+                            break  # stop() came during the handshake, with nothing to close
                         attempt = 0
                         await self._receive(ws)
                 except InvalidStatus as exc:
@@ -135,7 +137,9 @@ class Subscriber:
                     self.stats.last_error = str(exc)
                 except InvalidURI:
                     raise
-                except (OSError, ConnectionClosed, TimeoutError) as exc:
+                except (OSError, ConnectionClosed, TimeoutError, InvalidHandshake) as exc:
+                    # InvalidHandshake: the peer closed or garbled the handshake (a server
+                    # shutting down, a proxy restarting); like a refused connection, retry.
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 finally:
                     self._ws = None
@@ -157,6 +161,7 @@ class Subscriber:
     async def _receive(self, ws: ClientConnection) -> None:
         stats = self.stats
         on_event = self.on_event
+        welcome_position: str | None = None
         async for raw in ws:
             message = orjson.loads(raw)
             event_id = message.get("id")
@@ -170,6 +175,11 @@ class Subscriber:
             if kind == "websocket.connected":
                 stats.client_id = payload.get("clientId")
                 stats.epoch = payload.get("epoch", stats.epoch)
+                welcome_position = payload.get("lastId")
+                if stats.last_id is None:
+                    # No event yet: resume from the stream's position at subscription, so
+                    # what is emitted while a first connection is down is still replayed.
+                    stats.last_id = welcome_position
                 stats.state = "connected"
                 self._connected.set()
             elif kind == "websocket.replayed":
@@ -180,6 +190,11 @@ class Subscriber:
                         stats.gap_reports.append(payload)
                     logger.warning("resumed with a gap: %s", payload)
                 stats.epoch = payload.get("epoch", stats.epoch)
+                if welcome_position is not None:
+                    # The replay covered this stream up to the welcome's position. After a
+                    # resume into another stream (new epoch) the old id means nothing here.
+                    stats.last_id = welcome_position
+                    welcome_position = None
             elif kind in ("websocket.subscribed", "websocket.unsubscribed", "websocket.error"):
                 with contextlib.suppress(asyncio.QueueFull):
                     self._replies.put_nowait(message)

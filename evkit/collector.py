@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from evkit._loop import loop_thread
 from evkit.bus import Event, EventBus, global_bus
@@ -254,11 +254,13 @@ class Collector:
     def stats(self) -> dict[str, Any]:
         """Counts and state: received, held, dropped, reconnects, gaps, rate per second..."""
         with self._lock:
+            rows = self._frame_rows + len(self._pending)
             return {
                 "state": self._state,
                 "received": self._received,
-                "held": min(self._frame_rows + len(self._pending), self.max_events),
-                "dropped": self._dropped,
+                "held": min(rows, self.max_events),
+                # Rows past max_events are trimmed lazily but already count as dropped.
+                "dropped": self._dropped + max(0, rows - self.max_events),
                 "rate": self._rate(),
                 "types": dict(self._type_counts),
                 **self._connection_stats(),
@@ -374,7 +376,7 @@ class Collector:
         """Stop receiving. The buffered events stay readable."""
         self._state = "stopped"
 
-    def __enter__(self) -> Collector:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -30,6 +30,19 @@ from evkit.server import Broadcaster, Server, ServerSettings, flush, running_ser
 
 __version__ = "0.1.0"
 
+_LAZY_SUBMODULES = ("analysis", "simulate")
+
+
+def __getattr__(name: str) -> object:
+    # evkit.analysis needs pandas and matplotlib; a broadcaster-only install must not
+    # import them, so these submodules load on first use (``evkit.analysis.spans``).
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"evkit.{name}")
+    raise AttributeError(f"module 'evkit' has no attribute {name!r}")
+
+
 __all__ = [
     "Broadcaster",
     "Collector",

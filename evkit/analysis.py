@@ -31,8 +31,25 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure as _MatplotlibFigure
 from matplotlib.patches import Patch
+
+
+class Figure(_MatplotlibFigure):
+    """A matplotlib Figure that shows itself in Jupyter with no ``%matplotlib`` magic.
+
+    Without pyplot, a bare Figure has no display hook and a notebook prints its repr;
+    ``_repr_png_`` gives every Jupyter frontend the picture. Where the inline backend
+    is active its own formatter takes precedence, so the chart is shown once.
+    """
+
+    def _repr_png_(self) -> bytes:
+        from io import BytesIO
+
+        buffer = BytesIO()
+        self.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
 
 __all__ = [
     "BOTTLENECK_COLUMNS",
@@ -488,7 +505,8 @@ def plot_waterfall(df: pd.DataFrame, correlation_id: str) -> Figure:
             Patch(color=_CRITICAL_COLOR, label="critical path"),
             Patch(facecolor="white", edgecolor=_FAILED_EDGE, hatch="//", label="failed"),
         ],
-        loc="lower right",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),  # outside the axes: never over the bars it explains
     )
     return figure
 

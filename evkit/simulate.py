@@ -221,7 +221,7 @@ class Simulation:
         @emits("repo.push", bus=bus, fields=lambda plan, path, sha: {"path": path})
         async def push(plan: _Plan, path: str, sha: str) -> None:
             await plan.wait(plan.ms(40, 160))
-            await github_api(plan, f"/repos{path}/git/refs/heads/main", "POST")
+            await github_api(plan, f"{path}/git/refs/heads/main", "POST")
 
         @emits(
             "claude.session",

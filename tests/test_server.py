@@ -712,3 +712,18 @@ def test_port_zero_gives_a_real_free_port() -> None:
         assert srv.url == f"ws://127.0.0.1:{srv.port}/ws/events"
     finally:
         srv.stop()
+
+
+def test_broadcaster_alone_does_not_import_pandas() -> None:
+    code = (
+        "import sys, evkit\n"
+        "srv = evkit.serve(port=0)\n"
+        "evkit.emit('repo.commit.created', {})\n"
+        "evkit.flush()\n"
+        "srv.stop()\n"
+        "print(sorted(m for m in ('pandas', 'matplotlib', 'numpy') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"

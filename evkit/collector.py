@@ -576,6 +576,7 @@ def collect(
     drops.
 
     Raises:
+        ValueError: the URL is not a ``ws://`` or ``wss://`` URL.
         InvalidPatternError: a pattern is malformed.
         ProtocolError: the server refused the subscription.
         ConnectionError: no connection within ``connect_timeout`` seconds.
@@ -584,6 +585,10 @@ def collect(
     if not isinstance(url, str):
         raise TypeError(
             f"collect() needs a ws:// URL or a server, got {type(url_or_server).__name__}"
+        )
+    if not url.startswith(("ws://", "wss://")):
+        raise ValueError(
+            f"collect() needs a WebSocket URL such as ws://127.0.0.1:3000/ws/events, got {url!r}"
         )
     if isinstance(patterns, str):
         patterns = [patterns]

@@ -307,9 +307,14 @@ class Broadcaster:
 
     def _evict_slow_consumers(self) -> None:
         limit = self.settings.client_buffer_limit
+        index = self._index
         for connection in list(self._clients):
             transport = connection.transport
-            if transport is not None and transport.get_write_buffer_size() > limit:
+            if transport.is_closing():
+                # Lost under us (the peer vanished): stop writing to it now rather than
+                # until its handler notices, which asyncio would log once per write.
+                index.remove_subscriber(connection)
+            elif transport.get_write_buffer_size() > limit:
                 self._drop_slow(connection)
 
     def _drop_slow(self, connection: ServerConnection) -> None:

@@ -26,6 +26,7 @@ import http
 import itertools
 import logging
 import os
+import sqlite3
 import string
 import threading
 from collections import deque
@@ -59,6 +60,7 @@ from evkit.messages import (
     error_message,
 )
 from evkit.patterns import SubscriptionIndex, compile_pattern, validate_patterns
+from evkit.store import Record, open_store
 
 __all__ = ["Broadcaster", "Server", "ServerSettings", "flush", "running_servers", "serve"]
 
@@ -80,7 +82,9 @@ class ServerSettings:
         max_subscriptions: most patterns one client may hold.
         queue_size: most events waiting between ``emit()`` and the loop; past it they are
             dropped and counted.
-        history_size: events kept for replay (``since``).
+        history_size: events kept in memory for replay (``since``).
+        store: where history lives: ``memory://`` (a ring of ``history_size``) or
+            ``sqlite:///path/events.db`` (durable; see :func:`evkit.store.open_store`).
         client_buffer_limit: bytes a client may have waiting to be sent before it is
             disconnected as a slow consumer (1013).
         compression: permessage-deflate; off by default (it costs CPU per client).
@@ -96,6 +100,7 @@ class ServerSettings:
     client_buffer_limit: int = 1024 * 1024
     compression: bool = False
     ping_interval: float | None = 20.0
+    store: str = "memory://"
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -154,7 +159,8 @@ class Broadcaster:
     def __init__(self, settings: ServerSettings | None = None, bus: EventBus | None = None) -> None:
         self.settings = settings or ServerSettings()
         self.bus = bus if bus is not None else global_bus
-        self.epoch = os.urandom(4).hex()
+        self.store = open_store(self.settings.store, self.settings.history_size)
+        self.epoch = self.store.epoch
         self._index: SubscriptionIndex[ServerConnection] = SubscriptionIndex()
         self._clients: dict[ServerConnection, ClientState] = {}
         self._pending: deque[tuple[str, int, str | None, bytes]] = deque()
@@ -162,9 +168,6 @@ class Broadcaster:
         self._dropped = itertools.count()
         self._dropped_seen = 0
         self._unencodable = itertools.count()
-        self._history: deque[tuple[int, str, str | None, bytes]] = deque(
-            maxlen=self.settings.history_size
-        )
         self._last_id = 0
         self._stats = BroadcasterStats()
         self._server: WebSocketServer | None = None
@@ -185,6 +188,12 @@ class Broadcaster:
         self._loop = asyncio.get_running_loop()
         settings = self.settings
         try:
+            self.store.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise ServerError(f"cannot open the store {settings.store}: {exc}") from None
+        self.epoch = self.store.epoch
+        self._last_id = self.store.last_id
+        try:
             self._server = await websockets_serve(
                 self._handle,
                 settings.host,
@@ -200,6 +209,7 @@ class Broadcaster:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(settings.host, settings.port) from None
+            self.store.close()
             raise ServerError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
             ) from None
@@ -228,10 +238,15 @@ class Broadcaster:
             await asyncio.wait(closers, timeout=timeout)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), timeout)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     async def flush(self) -> None:
-        """Hand every event published so far to its clients' connections."""
+        """Hand every event published so far to its clients' connections and the store.
+
+        Returns once a durable store has committed them.
+        """
         self._drain_all()
+        await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
 
     # -- publishing (any thread) ------------------------------------------------------
 
@@ -280,7 +295,7 @@ class Broadcaster:
         self._wakeup_scheduled = False
         pending = self._pending
         route = self._index.route
-        history = self._history
+        append = self.store.append
         stats = self._stats
         delivered = 0
         last_id = self._last_id
@@ -288,7 +303,7 @@ class Broadcaster:
             type_, timestamp, correlation_id, payload_json = pending.popleft()
             last_id += 1
             frame = encode_event(type_, timestamp, str(last_id), payload_json)
-            history.append((last_id, type_, correlation_id, frame))
+            append(Record(last_id, timestamp, type_, correlation_id, frame))
             targets = route(type_, correlation_id)
             if targets:
                 broadcast(targets, frame, text=True)
@@ -388,18 +403,12 @@ class Broadcaster:
 
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` document."""
+        store = self.store.health()
         return {
-            "status": "ok",
+            "status": "ok" if store["state"] == "ok" else "degraded",
             "clients": len(self._clients),
             "events": self._stats.published,
-            "store": {
-                "name": "memory",
-                "state": "ok",
-                "events": len(self._history),
-                "capacity": self.settings.history_size,
-                "epoch": self.epoch,
-                "lastId": str(self._last_id),
-            },
+            "store": store,
         }
 
     # -- one connection ---------------------------------------------------------------
@@ -549,8 +558,7 @@ class Broadcaster:
             after = int(since)
         except ValueError:
             after = -1
-        history = self._history
-        first = history[0][0] if history else self._last_id + 1
+        first = self.store.first_id()
         other_epoch = epoch is not None and epoch != self.epoch
         if other_epoch:
             after = 0
@@ -561,13 +569,11 @@ class Broadcaster:
         skip = [compile_pattern(p) for p in already]
         count = 0
         if wanted and after < self._last_id:
-            start = max(0, after - first + 1)
-            for position in range(start, len(history)):
-                _, type_, event_correlation, frame = history[position]
-                if correlation_id is not None and event_correlation != correlation_id:
+            for record in self.store.read_after(after):
+                if correlation_id is not None and record.correlation_id != correlation_id:
                     continue
-                if any(m(type_) for m in wanted) and not any(m(type_) for m in skip):
-                    self._send(connection, frame)
+                if any(m(record.type) for m in wanted) and not any(m(record.type) for m in skip):
+                    self._send(connection, record.frame)
                     count += 1
         self._send(
             connection,

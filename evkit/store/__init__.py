@@ -1,0 +1,69 @@
+"""Event history behind one small interface, chosen by URL.
+
+``memory://`` (the default) keeps a bounded ring in memory; ``sqlite:///path/to.db``
+keeps every event durably with the standard library's sqlite3 (see
+:mod:`evkit.store.sqlite`). Both hand out the stream ids: ids are integers that only
+grow within one ``epoch``; a store that starts empty starts a new epoch, so a client
+can tell its ids no longer apply.
+
+The broadcaster calls a store only from its own loop thread. ``append`` and
+``read_after`` never wait on disk for what is recent; durable stores write in batches
+on a thread of their own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+from evkit.store.base import Record, Store
+from evkit.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from evkit.store.sqlite import SQLiteStore
+
+__all__ = ["MemoryStore", "Record", "SQLiteStore", "Store", "open_store"]
+
+
+def open_store(url: str, history_size: int = 10_000) -> Store:
+    """Make the store a URL names (not yet opened).
+
+    - ``memory://`` — a ring of ``history_size`` events.
+    - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with optional
+      ``?max_events=N&max_age=SECONDS`` retention (default: 1,000,000 events, no age
+      limit); ``history_size`` recent events are also kept in memory for fast replay.
+
+    Raises:
+        ValueError: an unknown scheme or a malformed option, naming what is accepted.
+    """
+    parts = urlsplit(url)
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if parts.scheme == "memory":
+        return MemoryStore(capacity=_int_option(options, "size", history_size))
+    if parts.scheme == "sqlite":
+        path = parts.netloc + parts.path
+        if path.startswith("/") and not path.startswith("//"):
+            path = path[1:]  # sqlite:///events.db -> events.db (relative)
+        elif path.startswith("//"):
+            path = path[1:]  # sqlite:////abs/events.db -> /abs/events.db
+        if not path:
+            raise ValueError(f"{url!r} names no file; use sqlite:///events.db")
+        from evkit.store.sqlite import SQLiteStore
+
+        max_age = options.get("max_age")
+        return SQLiteStore(
+            path,
+            memory_size=history_size,
+            max_events=_int_option(options, "max_events", 1_000_000),
+            max_age=float(max_age) if max_age is not None else None,
+        )
+    raise ValueError(f"unknown store URL {url!r}; use memory:// or sqlite:///path/to/events.db")
+
+
+def _int_option(options: dict[str, str], name: str, default: int) -> int:
+    value = options.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"store option {name} must be a positive integer, got {value!r}")
+    return int(value)

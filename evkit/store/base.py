@@ -1,0 +1,69 @@
+"""The store interface the broadcaster uses."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+__all__ = ["Record", "Store", "new_epoch"]
+
+
+class Record(NamedTuple):
+    """One stored event: id, timestamp (ms), type, correlation ID and the encoded frame."""
+
+    id: int
+    timestamp: int
+    type: str
+    correlation_id: str | None
+    frame: bytes
+
+
+def new_epoch() -> str:
+    """A fresh random epoch name (8 hex characters)."""
+    return os.urandom(4).hex()
+
+
+class Store(ABC):
+    """History of one stream. Called only from the broadcaster's loop thread.
+
+    ``last_id`` is the id of the newest event (0 before the first); ``first_id`` the
+    oldest still held (``last_id + 1`` when none is).
+    """
+
+    name: str
+    epoch: str
+    last_id: int
+
+    def open(self) -> None:
+        """Prepare the store (create files, read where the stream stands).
+
+        Raises:
+            OSError, sqlite3.Error: the store cannot be opened; the message says where.
+        """
+        return None
+
+    @abstractmethod
+    def append(self, record: Record) -> None:
+        """Record an event whose id is ``last_id + 1`` (the caller assigns it)."""
+
+    @abstractmethod
+    def first_id(self) -> int:
+        """The oldest id still held."""
+
+    @abstractmethod
+    def read_after(self, after: int) -> Iterator[Record]:
+        """Every held event with an id greater than ``after``, in id order."""
+
+    def sync(self) -> None:
+        """Block until everything appended is durable (no-op for memory). Not on the loop."""
+        return None
+
+    def close(self) -> None:
+        """Write what is pending and release the store."""
+        return None
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]:
+        """``name``, ``state`` (ok or error), counts, and any last error."""

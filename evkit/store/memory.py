@@ -1,0 +1,56 @@
+"""The default store: the newest events in a bounded ring in memory."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from evkit.store.base import Record, Store, new_epoch
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Keeps the newest ``capacity`` events; nothing survives the process.
+
+    Every new MemoryStore starts empty, hence with a new epoch. Also the test double
+    for the store interface: it needs no files and no threads.
+    """
+
+    name = "memory"
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self.epoch = new_epoch()
+        self.last_id = 0
+        self._ring: deque[Record] = deque(maxlen=capacity)
+
+    def append(self, record: Record) -> None:
+        self._ring.append(record)
+        self.last_id = record.id
+
+    def first_id(self) -> int:
+        return self._ring[0].id if self._ring else self.last_id + 1
+
+    def read_after(self, after: int) -> Iterator[Record]:
+        ring = self._ring
+        if not ring:
+            return iter(())
+        start = max(0, after - ring[0].id + 1)
+        return (ring[i] for i in range(start, len(ring)))
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": "ok",
+            "events": len(self._ring),
+            "capacity": self.capacity,
+            "epoch": self.epoch,
+            "lastId": str(self.last_id),
+        }

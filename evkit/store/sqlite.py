@@ -1,0 +1,256 @@
+"""A durable store on the standard library's sqlite3: every event kept, ids continue.
+
+Writes never happen on the broadcaster's loop: ``append`` puts the record in the
+in-memory ring (which serves recent replays) and in a pending batch, and a writer
+thread commits batches in one transaction each (WAL journal, ``synchronous=NORMAL``).
+Retention is bounded by count (``max_events``) and optionally by age (``max_age``
+seconds); it runs on the writer thread after commits.
+
+When the database is new (or was wiped) the store starts a new epoch; otherwise it
+reads the epoch and the last id back, so after a restart ids continue and history is
+still served. Replays older than the ring read the database on the loop thread with a
+separate read connection (WAL lets it read while the writer writes).
+
+If the disk fails, the error is logged, shown by ``health()``, and the batch is kept
+and retried; past ``max_pending`` unwritten events the oldest are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from evkit.store.base import Record, Store, new_epoch
+
+__all__ = ["SQLiteStore"]
+
+logger = logging.getLogger("evkit.store.sqlite")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    timestamp INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    correlation_id TEXT,
+    frame BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_timestamp ON events (timestamp);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SQLiteStore(Store):
+    """Durable history in one SQLite file. See the module docstring."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        memory_size: int = 10_000,
+        max_events: int = 1_000_000,
+        max_age: float | None = None,
+        batch_interval: float = 0.05,
+        max_pending: int = 1_000_000,
+    ) -> None:
+        self.path = Path(path)
+        self.memory_size = memory_size
+        self.max_events = max_events
+        self.max_age = max_age
+        self.batch_interval = batch_interval
+        self.max_pending = max_pending
+        self.epoch = ""
+        self.last_id = 0
+        self._ring: deque[Record] = deque(maxlen=memory_size)
+        self._pending: list[Record] = []
+        self._lock = threading.Condition()
+        self._written_id = 0
+        self._first_on_disk = 1
+        self._dropped = 0
+        self._error: str | None = None
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._connect()
+        try:
+            connection.executescript(_SCHEMA)
+            row = connection.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            bounds = connection.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+            stored_last = connection.execute(
+                "SELECT value FROM meta WHERE key = 'last_id'"
+            ).fetchone()
+            if row is None or (bounds[1] is None and stored_last is None):
+                self.epoch = new_epoch()
+                connection.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (self.epoch,)
+                )
+                connection.commit()
+            else:
+                self.epoch = row[0]
+            self.last_id = max(bounds[1] or 0, int(stored_last[0]) if stored_last else 0)
+            self._first_on_disk = bounds[0] if bounds[0] is not None else self.last_id + 1
+            self._written_id = self.last_id
+        finally:
+            connection.close()
+        self._reader = self._connect()
+        self._writer = threading.Thread(target=self._write_loop, name="evkit-sqlite", daemon=True)
+        self._writer.start()
+        logger.info(
+            "sqlite store %s: epoch %s, last id %d, first id %d",
+            self.path,
+            self.epoch,
+            self.last_id,
+            self._first_on_disk,
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        if self._writer is not None:
+            self._writer.join(30)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # -- the loop side ------------------------------------------------------------------
+
+    def append(self, record: Record) -> None:
+        self._ring.append(record)
+        self.last_id = record.id
+        with self._lock:
+            if len(self._pending) >= self.max_pending:
+                del self._pending[0]
+                self._dropped += 1
+            self._pending.append(record)
+
+    def first_id(self) -> int:
+        return min(self._first_on_disk, self._ring[0].id if self._ring else self.last_id + 1)
+
+    def read_after(self, after: int) -> Iterator[Record]:
+        ring_first = self._ring[0].id if self._ring else self.last_id + 1
+        if after + 1 < ring_first and self._reader is not None:
+            rows = self._reader.execute(
+                "SELECT id, timestamp, type, correlation_id, frame FROM events "
+                "WHERE id > ? AND id < ? ORDER BY id",
+                (after, ring_first),
+            )
+            for row in rows:
+                yield Record(row[0], row[1], row[2], row[3], bytes(row[4]))
+        for record in self._ring:
+            if record.id > after:
+                yield record
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        connection = self._connect()
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending and not self._closing:
+                        self._lock.wait(self.batch_interval)
+                    batch = self._pending
+                    self._pending = []
+                    closing = self._closing
+                if batch:
+                    self._write(connection, batch)
+                if closing:
+                    with self._lock:
+                        if not self._pending:
+                            break
+        finally:
+            connection.close()
+
+    def _write(self, connection: sqlite3.Connection, batch: list[Record]) -> None:
+        while True:
+            try:
+                with connection:
+                    connection.executemany(
+                        "INSERT OR REPLACE INTO events (id, timestamp, type, correlation_id, frame) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        batch,  # a Record is a tuple in exactly this column order
+                    )
+                    connection.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_id', ?)",
+                        (str(batch[-1].id),),
+                    )
+                self._retain(connection)
+                with self._lock:
+                    self._written_id = batch[-1].id
+                    self._error = None
+                    self._lock.notify_all()
+                return
+            except sqlite3.Error as exc:
+                with self._lock:
+                    self._error = f"{type(exc).__name__}: {exc}"
+                    closing = self._closing
+                logger.error("sqlite store %s: write failed (%s); retrying", self.path, exc)
+                if closing:
+                    return
+                time.sleep(1.0)
+
+    def _retain(self, connection: sqlite3.Connection) -> None:
+        with connection:
+            connection.execute(
+                "DELETE FROM events WHERE id <= ?", (self.last_id - self.max_events,)
+            )
+            if self.max_age is not None:
+                cutoff = int((time.time() - self.max_age) * 1000)
+                connection.execute("DELETE FROM events WHERE timestamp < ?", (cutoff,))
+        first = connection.execute("SELECT MIN(id) FROM events").fetchone()[0]
+        self._first_on_disk = first if first is not None else self._written_id + 1
+
+    # -- waiting and health ---------------------------------------------------------------
+
+    def sync(self, timeout: float = 30.0) -> None:
+        """Block until every event appended so far is committed.
+
+        Raises:
+            TimeoutError: the disk did not keep up within ``timeout`` seconds.
+        """
+        target = self.last_id
+        with self._lock:
+            self._lock.notify_all()
+            if not self._lock.wait_for(lambda: self._written_id >= target, timeout):
+                raise TimeoutError(
+                    f"sqlite store {self.path} did not write up to id {target} within "
+                    f"{timeout:g} s (written: {self._written_id}; error: {self._error})"
+                )
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            pending = len(self._pending)
+            error = self._error
+            written = self._written_id
+            dropped = self._dropped
+        return {
+            "name": self.name,
+            "state": "error" if error else "ok",
+            "path": str(self.path),
+            "epoch": self.epoch,
+            "lastId": str(self.last_id),
+            "firstId": str(self.first_id()),
+            "writtenId": str(written),
+            "pending": pending,
+            "dropped": dropped,
+            "error": error,
+        }

@@ -26,6 +26,7 @@ from evkit.exceptions import (
     ServerError,
     WaitTimeout,
 )
+from evkit.recording import load
 from evkit.server import Broadcaster, Server, ServerSettings, flush, running_servers, serve
 
 __version__ = "0.1.0"
@@ -69,6 +70,7 @@ __all__ = [
     "emit",
     "emits",
     "flush",
+    "load",
     "request_bus",
     "running_servers",
     "serve",

@@ -1,4 +1,4 @@
-"""The ``evkit`` command: ``serve``, ``demo``, ``tail`` and ``publish``.
+"""The ``evkit`` command: ``serve``, ``demo``, ``tail``, ``publish``, ``record``, ``replay``.
 
 Each subcommand is a thin layer over the public API; exit codes are 0 for success,
 1 for a failure the message explains, 2 for a usage error.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate", type=float, default=10.0, help="simulated requests per second")
     serve.add_argument("--seed", type=int, default=7, help="seed of the simulated services")
     serve.add_argument("--history", type=int, default=10_000, help="events kept for replay")
+    serve.add_argument(
+        "--store", default="memory://", help="memory:// (default) or sqlite:///path/events.db"
+    )
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(
@@ -84,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--payload", default="{}", help="payload as a JSON object")
     publish.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
     publish.set_defaults(run=_publish)
+
+    record = commands.add_parser("record", help="record a live stream into a file")
+    record.add_argument("url", help="ws://HOST:PORT/ws/events")
+    record.add_argument("--out", required=True, help="events.db (SQLite) or events.jsonl")
+    record.add_argument("--patterns", default="*", help="comma-separated patterns (default '*')")
+    record.add_argument("--correlation-id", help="only events of this correlation ID")
+    record.add_argument("--count", type=int, help="stop after this many events")
+    record.add_argument("--seconds", type=float, help="stop after this many seconds")
+    record.set_defaults(run=_record)
+
+    replay = commands.add_parser("replay", help="publish a recording again, with its spacing")
+    replay.add_argument("file", help="a recording (.db or .jsonl) or sqlite:///path")
+    replay.add_argument("--to", required=True, help="ws://HOST:PORT/ws/events to publish to")
+    replay.add_argument("--speed", type=float, default=1.0, help="time scale (2: twice as fast)")
+    replay.add_argument("--patterns", default="*", help="only these event types")
+    replay.set_defaults(run=_replay)
     return parser
 
 
@@ -92,7 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
     from evkit.simulate import Simulation
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = evkit.serve(args.host, args.port, history_size=args.history)
+    server = evkit.serve(args.host, args.port, history_size=args.history, store=args.store)
     print(f"evkit: serving {server.url} (health: {server.http_url}/healthz); Ctrl-C stops")
     simulation = None
     if args.simulate:
@@ -265,3 +285,113 @@ def _publish(args: argparse.Namespace) -> int:
                     return 0
 
     return asyncio.run(run())
+
+
+def _record(args: argparse.Namespace) -> int:
+    from evkit.client import Subscriber
+    from evkit.recording import RecordingWriter
+
+    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
+    writer = RecordingWriter(args.out)
+
+    async def run() -> None:
+        done = asyncio.Event()
+
+        def on_event(event: dict[str, Any]) -> None:
+            if args.count is not None and writer.count >= args.count:
+                return  # the rest arrived while stopping
+            writer.write(event)
+            if args.count is not None and writer.count >= args.count:
+                done.set()
+
+        subscriber = Subscriber(args.url, patterns, args.correlation_id, on_event=on_event)
+        task = asyncio.ensure_future(subscriber.run())
+        began = time.monotonic()
+        deadline = None if args.seconds is None else began + args.seconds
+        try:
+            while not done.is_set() and not task.done():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), 0.5)
+                writer.flush()
+                elapsed = max(time.monotonic() - began, 1e-9)
+                stats = subscriber.stats
+                print(
+                    f"\rrecorded {writer.count:,} events ({writer.count / elapsed:,.0f}/s) "
+                    f"state {stats.state}, {stats.reconnects} reconnects, {stats.gaps} gaps",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        finally:
+            await subscriber.stop()
+            if task.done() and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+            task.cancel()
+            print(file=sys.stderr)
+
+    try:
+        asyncio.run(run())
+    finally:
+        writer.close()
+    print(f"recorded {writer.count:,} events into {args.out}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from evkit.recording import read_events
+
+    if args.speed <= 0:
+        print("evkit: --speed must be positive", file=sys.stderr)
+        return 2
+    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
+    events = read_events(args.file, patterns)
+
+    async def run() -> int:
+        from websockets.asyncio.client import connect
+
+        sent = 0
+        # Subscribed to nothing: this connection only publishes.
+        async with connect(f"{args.to}?eventTypes=", max_size=None) as ws:
+            orjson.loads(await ws.recv())
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            first: int | None = None
+            batch: list[dict[str, Any]] = []
+            due = start
+            for event in events:
+                timestamp = int(event.get("timestamp") or 0)
+                first = timestamp if first is None else first
+                at = start + (timestamp - first) / 1000.0 / args.speed
+                if batch and at > due:
+                    await _publish_batch(ws, batch, due, loop)
+                    sent += len(batch)
+                    batch = []
+                due = at
+                batch.append({"type": event["type"], "payload": event.get("payload") or {}})
+            if batch:
+                await _publish_batch(ws, batch, due, loop)
+                sent += len(batch)
+            # A ping answered means every publish before it was taken by the server.
+            await ws.send(orjson.dumps({"type": "ping", "payload": "replay-done"}).decode())
+            while True:
+                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+                if reply["type"] == "websocket.error":
+                    print(f"evkit: rejected: {reply['payload']['error']}", file=sys.stderr)
+                    return 1
+                if reply["type"] == "pong":
+                    break
+        print(f"replayed {sent:,} events to {args.to} at {args.speed:g}x")
+        return 0
+
+    return asyncio.run(run())
+
+
+async def _publish_batch(
+    ws: Any, batch: list[dict[str, Any]], due: float, loop: asyncio.AbstractEventLoop
+) -> None:
+    delay = due - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    await ws.send(orjson.dumps({"type": "publish", "payload": batch}).decode())

@@ -63,6 +63,8 @@ class Subscriber:
             ``id``, ``payload``); it must not block.
         on_message: called with every server message that is not an event.
         backoff: first and largest reconnect delay in seconds.
+        since: resume from this id at the first connection (history after it is
+            replayed first); ``epoch`` is the stream that id belongs to, when known.
 
     Raises:
         InvalidPatternError: a pattern is malformed (at construction).
@@ -78,6 +80,8 @@ class Subscriber:
         on_message: EventCallback | None = None,
         backoff: tuple[float, float] = (0.05, 5.0),
         open_timeout: float = 10.0,
+        since: str | None = None,
+        epoch: str | None = None,
     ) -> None:
         self.url = url
         self.patterns = validate_patterns(list(patterns))
@@ -86,7 +90,7 @@ class Subscriber:
         self.on_message = on_message
         self.backoff = backoff
         self.open_timeout = open_timeout
-        self.stats = SubscriberStats()
+        self.stats = SubscriberStats(last_id=since, epoch=epoch)
         self._ws: ClientConnection | None = None
         self._stopping = False
         self._connected = asyncio.Event()

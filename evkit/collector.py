@@ -423,13 +423,18 @@ class WebSocketCollector(Collector):
         correlation_id: str | None,
         max_events: int,
         connect_timeout: float,
+        *,
+        since: str | None = None,
+        epoch: str | None = None,
     ) -> None:
         super().__init__(url, patterns, correlation_id, max_events)
         self._loop_thread = loop_thread()
         self._subscriber: Subscriber | None = None
 
         async def start() -> Subscriber:
-            subscriber = Subscriber(url, self._patterns, correlation_id, on_event=self._ingest)
+            subscriber = Subscriber(
+                url, self._patterns, correlation_id, on_event=self._ingest, since=since, epoch=epoch
+            )
             self._task = self._loop_thread.loop.create_task(subscriber.run())
             self._task.add_done_callback(self._on_done)
             welcomed = self._loop_thread.loop.create_task(subscriber._connected.wait())
@@ -567,13 +572,16 @@ def collect(
     max_events: int = 1_000_000,
     *,
     connect_timeout: float = 10.0,
+    since: str | None = None,
+    epoch: str | None = None,
 ) -> WebSocketCollector:
     """Subscribe to a broadcaster and buffer what arrives; returns once connected.
 
     ``url_or_server`` is a ``ws://.../ws/events`` URL or a server handle (anything with
     a ``url``). The subscription (patterns and correlation filter) applies from the
     first event. The collector reconnects and resumes on its own when the connection
-    drops.
+    drops. ``since`` (an event id, with the ``epoch`` it came from when known) starts
+    with the history after it: a collector can pick up where a saved one stopped.
 
     Raises:
         ValueError: the URL is not a ``ws://`` or ``wss://`` URL.
@@ -592,7 +600,9 @@ def collect(
         )
     if isinstance(patterns, str):
         patterns = [patterns]
-    return WebSocketCollector(url, patterns, correlation_id, max_events, connect_timeout)
+    return WebSocketCollector(
+        url, patterns, correlation_id, max_events, connect_timeout, since=since, epoch=epoch
+    )
 
 
 def capture(

@@ -583,6 +583,28 @@ class Broadcaster:
             ),
         )
 
+    # -- administration -----------------------------------------------------------------
+
+    def disconnect(
+        self, client_id: str | None = None, code: int = 1012, reason: str = "service restart"
+    ) -> int:
+        """Close one client (by id) or every client; returns how many were closed.
+
+        They stop receiving at once; the closing handshakes finish in the background.
+        Clients that resume (``since``) miss nothing that history still holds.
+        """
+        closed = 0
+        for connection, state in list(self._clients.items()):
+            if client_id is not None and state.client_id != client_id:
+                continue
+            self._clients.pop(connection, None)
+            self._index.remove_subscriber(connection)
+            task = asyncio.ensure_future(connection.close(code, reason))
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
+            closed += 1
+        return closed
+
     # -- introspection ----------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -663,6 +685,19 @@ class Server:
     def stats(self) -> dict[str, Any]:
         """The broadcaster's counters (see :meth:`Broadcaster.stats`)."""
         return self.broadcaster.stats()
+
+    def disconnect(
+        self, client_id: str | None = None, code: int = 1012, reason: str = "service restart"
+    ) -> int:
+        """Close one client (by its ``clientId``) or all of them; returns how many.
+
+        See :meth:`Broadcaster.disconnect`.
+        """
+
+        async def run() -> int:
+            return self.broadcaster.disconnect(client_id, code, reason)
+
+        return self._loop_thread.run(run(), 10)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Block until every event emitted before this call was handed to the clients."""

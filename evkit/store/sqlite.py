@@ -28,11 +28,11 @@ from typing import Any
 
 from evkit.store.base import Record, Store, new_epoch
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SCHEMA", "SQLiteStore"]
 
 logger = logging.getLogger("evkit.store.sqlite")
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     timestamp INTEGER NOT NULL,
@@ -85,7 +85,7 @@ class SQLiteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = self._connect()
         try:
-            connection.executescript(_SCHEMA)
+            connection.executescript(SCHEMA)
             row = connection.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
             bounds = connection.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
             stored_last = connection.execute(

@@ -1,0 +1,231 @@
+"""Recordings: events kept in a file, read back for offline analysis or replayed live.
+
+A recording is either a SQLite file in the durable store's own format (what
+``serve(store="sqlite:///events.db")`` writes, and what ``evkit record URL --out
+events.db`` writes) or JSON Lines, one event frame per line (``--out events.jsonl``).
+
+:func:`load` reads one into the collector's DataFrame shape; :func:`read_events`
+yields the events for ``evkit replay``; :class:`RecordingWriter` appends to either
+format. Sources are named by path or by ``sqlite:///path`` URL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from evkit.patterns import compile_pattern, validate_patterns
+from evkit.store.sqlite import SCHEMA
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["RecordingWriter", "load", "read_events"]
+
+
+def _path_of(source: str | Path) -> Path:
+    text = str(source)
+    if text.startswith("sqlite:///"):
+        rest = text[len("sqlite:///") :]
+        return Path(rest.split("?", 1)[0]) if not rest.startswith("/") else Path(rest)
+    if "://" in text:
+        raise ValueError(
+            f"cannot read {text!r}: give a file path, sqlite:///path.db, or a .jsonl file"
+        )
+    return Path(text)
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix in (".jsonl", ".ndjson")
+
+
+def _to_ms(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a time, got {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{name}={value!r} has no time zone; evkit timestamps are UTC")
+        return int(value.timestamp() * 1000)
+    timestamp = getattr(value, "timestamp", None)  # pandas.Timestamp and the like
+    if callable(timestamp):
+        return int(timestamp() * 1000)
+    raise TypeError(f"{name} must be a datetime, an ISO string or epoch milliseconds")
+
+
+def read_events(
+    source: str | Path,
+    patterns: Iterable[str] = ("*",),
+    correlation_id: str | None = None,
+    since: Any = None,
+    until: Any = None,
+) -> Iterator[dict[str, Any]]:
+    """The recorded events matching the filters, oldest first.
+
+    ``since`` / ``until`` bound the event timestamps (inclusive): a timezone-aware
+    datetime, an ISO 8601 string with an offset, or epoch milliseconds.
+
+    Raises:
+        FileNotFoundError: no such recording.
+        InvalidPatternError: a malformed pattern.
+        ValueError: a malformed line in a JSON Lines recording (its line number is given).
+    """
+    path = _path_of(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no recording at {path}")
+    matchers = [compile_pattern(p) for p in validate_patterns(list(patterns))]
+    low, high = _to_ms(since, "since"), _to_ms(until, "until")
+
+    def wanted(type_: str, correlation: Any, timestamp: int) -> bool:
+        return (
+            (correlation_id is None or correlation == correlation_id)
+            and (low is None or timestamp >= low)
+            and (high is None or timestamp <= high)
+            and any(m(type_) for m in matchers)
+        )
+
+    if _is_jsonl(path):
+        with path.open("rb") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    event = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{number}: not a JSON event ({exc})") from None
+                payload = event.get("payload") or {}
+                if wanted(
+                    event.get("type", ""), payload.get("correlationId"), event.get("timestamp", 0)
+                ):
+                    yield event
+        return
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        query = "SELECT type, correlation_id, timestamp, frame FROM events"
+        clauses: list[str] = []
+        arguments: list[Any] = []
+        if correlation_id is not None:
+            clauses.append("correlation_id = ?")
+            arguments.append(correlation_id)
+        if low is not None:
+            clauses.append("timestamp >= ?")
+            arguments.append(low)
+        if high is not None:
+            clauses.append("timestamp <= ?")
+            arguments.append(high)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        for type_, correlation, timestamp, frame in connection.execute(
+            query + " ORDER BY id", arguments
+        ):
+            if wanted(type_, correlation, timestamp):
+                yield orjson.loads(frame)
+    finally:
+        connection.close()
+
+
+def load(
+    source: str | Path,
+    patterns: Iterable[str] = ("*",),
+    correlation_id: str | None = None,
+    since: Any = None,
+    until: Any = None,
+) -> pd.DataFrame:
+    """A recording (or a SQLite store) as the collector's DataFrame.
+
+    Same columns and dtypes as :meth:`evkit.Collector.to_dataframe`; filters as in
+    :func:`read_events`.
+    """
+    from evkit.collector import _ColumnBuffer
+
+    buffer = _ColumnBuffer()
+    for event in read_events(source, patterns, correlation_id, since, until):
+        buffer.append(event)
+    return buffer.to_frame()
+
+
+class RecordingWriter:
+    """Appends events to a recording (SQLite or JSON Lines, by the file's suffix).
+
+    Events keep their stream ids in a SQLite recording when they are integers; an
+    event already recorded (the same id, after a resume) is not written twice.
+    Call :meth:`flush` to commit, :meth:`close` when done.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = _path_of(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self._pending: list[tuple[Any, ...]] = []
+        self._jsonl = _is_jsonl(self.path)
+        if self._jsonl:
+            self._file = self.path.open("ab")
+            self._db: sqlite3.Connection | None = None
+        else:
+            self._db = sqlite3.connect(self.path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+            self._next = (self._db.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0) + 1
+
+    def write(self, event: dict[str, Any], frame: bytes | None = None) -> None:
+        """Add one event (``frame``: its bytes as received, to keep them exact)."""
+        data = frame if frame is not None else orjson.dumps(event)
+        self.count += 1
+        if self._jsonl:
+            self._file.write(data.rstrip(b"\n") + b"\n")
+            return
+        event_id = event.get("id")
+        row_id = int(event_id) if isinstance(event_id, str) and event_id.isdigit() else self._next
+        self._next = max(self._next, row_id + 1)
+        payload = event.get("payload") or {}
+        correlation = payload.get("correlationId") if isinstance(payload, dict) else None
+        self._pending.append(
+            (
+                row_id,
+                int(event.get("timestamp") or 0),
+                str(event.get("type", "")),
+                correlation if isinstance(correlation, str) else None,
+                data,
+            )
+        )
+        if len(self._pending) >= 1000:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make what was written durable."""
+        if self._jsonl:
+            self._file.flush()
+            return
+        if self._pending and self._db is not None:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO events (id, timestamp, type, correlation_id, frame) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    self._pending,
+                )
+            self._pending.clear()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self.flush()
+        if self._jsonl:
+            self._file.close()
+        elif self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

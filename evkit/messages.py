@@ -44,6 +44,7 @@ __all__ = [
     "encode_message",
     "error_message",
     "now_ms",
+    "validate_batch",
     "validate_correlation_id",
     "validate_event",
     "validate_event_type",
@@ -379,7 +380,15 @@ def _optional_since(payload: dict[str, Any]) -> str | None:
 
 
 def _optional_batch(payload: dict[str, Any]) -> BatchOptions | None:
-    value = payload.get("batch")
+    return validate_batch(payload.get("batch"))
+
+
+def validate_batch(value: object) -> BatchOptions | None:
+    """Validate a ``batch`` option ``{"maxEvents": N, "maxDelayMs": T}`` (None: absent).
+
+    Raises:
+        ProtocolError: ``invalid_message`` naming the accepted ranges.
+    """
     if value is None:
         return None
     if isinstance(value, dict):

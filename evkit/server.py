@@ -49,6 +49,7 @@ from evkit.bus import Event, EventBus, global_bus
 from evkit.exceptions import InvalidEventError, PortInUseError, ProtocolError, ServerError
 from evkit.messages import (
     Auth,
+    BatchOptions,
     Ping,
     Publish,
     Subscribe,
@@ -127,6 +128,26 @@ class ClientState:
     errors: int = 0
 
 
+@dataclass(frozen=True)
+class _ConnectOptions:
+    """What a connection asked for in its URL (and headers)."""
+
+    patterns: list[str]
+    correlation_id: str | None
+    since: str | None
+    epoch: str | None
+    batch: BatchOptions | None
+
+
+@dataclass
+class _Batch:
+    """Events waiting for one batched client: flushed at ``max_events`` or after ``max_delay_ms``."""
+
+    options: BatchOptions
+    frames: list[bytes] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
 @dataclass
 class BroadcasterStats:
     """Counters of one broadcaster; read them with :meth:`Broadcaster.stats`."""
@@ -162,6 +183,7 @@ class Broadcaster:
         self.store = open_store(self.settings.store, self.settings.history_size)
         self.epoch = self.store.epoch
         self._index: SubscriptionIndex[ServerConnection] = SubscriptionIndex()
+        self._batches: dict[ServerConnection, _Batch] = {}
         self._clients: dict[ServerConnection, ClientState] = {}
         self._pending: deque[tuple[str, int, str | None, bytes]] = deque()
         self._wakeup_scheduled = False
@@ -296,6 +318,7 @@ class Broadcaster:
         pending = self._pending
         route = self._index.route
         append = self.store.append
+        batches = self._batches
         stats = self._stats
         delivered = 0
         last_id = self._last_id
@@ -306,11 +329,16 @@ class Broadcaster:
             append(Record(last_id, timestamp, type_, correlation_id, frame))
             targets = route(type_, correlation_id)
             if targets:
-                broadcast(targets, frame, text=True)
                 delivered += len(targets)
+                if batches:
+                    targets = self._collect_batched(targets, frame)
+                if targets:
+                    broadcast(targets, frame, text=True)
         stats.published += last_id - self._last_id
         stats.delivered += delivered
         self._last_id = last_id
+        if batches:
+            self._schedule_batches()
         self._evict_slow_consumers()
         if pending and not self._wakeup_scheduled and self._loop is not None:
             self._wakeup_scheduled = True
@@ -319,6 +347,52 @@ class Broadcaster:
     def _drain_all(self) -> None:
         while self._pending:
             self._drain()
+        for connection in list(self._batches):
+            self._flush_batch(connection)
+
+    # -- batched delivery (clients that subscribed with "batch") -------------------------
+
+    def _collect_batched(
+        self, targets: list[ServerConnection], frame: bytes
+    ) -> list[ServerConnection]:
+        """Queue ``frame`` for the batched targets; return the targets sent to directly."""
+        batches = self._batches
+        direct = []
+        for connection in targets:
+            batch = batches.get(connection)
+            if batch is None:
+                direct.append(connection)
+                continue
+            batch.frames.append(frame)
+            if len(batch.frames) >= batch.options.max_events:
+                self._flush_batch(connection)
+        return direct
+
+    def _schedule_batches(self) -> None:
+        assert self._loop is not None
+        for connection, batch in self._batches.items():
+            if batch.frames and batch.timer is None:
+                delay = batch.options.max_delay_ms / 1000.0
+                if delay <= 0:
+                    self._flush_batch(connection)
+                else:
+                    batch.timer = self._loop.call_later(delay, self._flush_batch, connection)
+
+    def _flush_batch(self, connection: ServerConnection) -> None:
+        batch = self._batches.get(connection)
+        if batch is None:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        if batch.frames:
+            frames, batch.frames = batch.frames, []
+            broadcast(
+                (connection,),
+                b'{"type":"websocket.batch","timestamp":%d,"payload":{"events":[%b]}}'
+                % (messages.now_ms(), b",".join(frames)),
+                text=True,
+            )
 
     def _evict_slow_consumers(self) -> None:
         limit = self.settings.client_buffer_limit
@@ -337,6 +411,7 @@ class Broadcaster:
         if state is None:
             return
         self._index.remove_subscriber(connection)
+        self._drop_batch(connection)
         self._stats.slow_consumer_disconnects += 1
         logger.warning(
             "client %s (%s) disconnected: slow consumer (more than %d bytes waiting)",
@@ -374,9 +449,7 @@ class Broadcaster:
             {"error": f"no route for {url.path}; the event stream is at {EVENTS_PATH}"},
         )
 
-    def _parse_connect(
-        self, request: Request, query: str
-    ) -> tuple[list[str], str | None, str | None, str | None]:
+    def _parse_connect(self, request: Request, query: str) -> _ConnectOptions:
         params = parse_qs(query, keep_blank_values=True)
         patterns = ["*"]
         if "eventTypes" in params:
@@ -399,7 +472,24 @@ class Broadcaster:
                 f"since must be an event id received from this server, got {since!r}",
             )
         epoch = params.get("epoch", [None])[-1] or None
-        return patterns, correlation_id, since, epoch
+        batch = None
+        if params.get("batch"):
+            raw = params["batch"][-1]
+            try:
+                max_events, max_delay = (float(part) for part in raw.split(","))
+            except ValueError:
+                raise ProtocolError(
+                    "invalid_message",
+                    f"batch must be 'maxEvents,maxDelayMs' such as batch=1000,50; got {raw!r}",
+                    {"field": "batch"},
+                ) from None
+            batch = messages.validate_batch(
+                {
+                    "maxEvents": int(max_events) if max_events.is_integer() else max_events,
+                    "maxDelayMs": max_delay,
+                }
+            )
+        return _ConnectOptions(patterns, correlation_id, since, epoch, batch)
 
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` document."""
@@ -414,7 +504,8 @@ class Broadcaster:
     # -- one connection ---------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        patterns, correlation_id, since, epoch = connection.evkit_start  # type: ignore[attr-defined]
+        start: _ConnectOptions = connection.evkit_start  # type: ignore[attr-defined]
+        patterns, correlation_id, since = start.patterns, start.correlation_id, start.since
         remote = connection.remote_address
         state = ClientState(_client_id(), f"{remote[0]}:{remote[1]}" if remote else "?")
         self._stats.connections_total += 1
@@ -435,8 +526,10 @@ class Broadcaster:
         )
         self._clients[connection] = state
         self._index.add_subscriber(connection, patterns, correlation_id)
+        if start.batch is not None:
+            self._set_batch(connection, start.batch)
         if since is not None:
-            self._replay(connection, since, patterns, (), correlation_id, epoch)
+            self._replay(connection, since, patterns, (), correlation_id, start.epoch)
         logger.info("client %s connected from %s", state.client_id, state.remote)
         try:
             async for message in connection:
@@ -449,6 +542,7 @@ class Broadcaster:
         finally:
             self._clients.pop(connection, None)
             self._index.remove_subscriber(connection)
+            self._drop_batch(connection)
             logger.info(
                 "client %s disconnected (code %s %s)",
                 state.client_id,
@@ -456,7 +550,24 @@ class Broadcaster:
                 connection.close_reason or "",
             )
 
+    def _set_batch(self, connection: ServerConnection, options: BatchOptions) -> None:
+        """Deliver to ``connection`` in ``websocket.batch`` messages from now on.
+
+        ``maxEvents: 1`` turns batching off again (every event is sent alone).
+        """
+        self._flush_batch(connection)
+        self._drop_batch(connection)
+        if options.max_events > 1:
+            self._batches[connection] = _Batch(options)
+
+    def _drop_batch(self, connection: ServerConnection) -> None:
+        batch = self._batches.pop(connection, None)
+        if batch is not None and batch.timer is not None:
+            batch.timer.cancel()
+
     def _send(self, connection: ServerConnection, frame: bytes) -> None:
+        if connection in self._batches:
+            self._flush_batch(connection)  # keep the stream order: queued events go first
         broadcast((connection,), frame, text=True)
 
     def _reject(self, connection: ServerConnection, state: ClientState, exc: ProtocolError) -> None:
@@ -509,12 +620,6 @@ class Broadcaster:
                 f"broader patterns such as 'repo.*')",
                 {"limit": self.settings.max_subscriptions, "requested": len(wanted)},
             )
-        if message.batch is not None:
-            raise ProtocolError(
-                "invalid_message",
-                "batch delivery is not enabled on this server; subscribe without 'batch'",
-                {"field": "batch"},
-            )
         if message.replace:
             index.replace(connection, wanted)
             added = [p for p in wanted if p not in before]
@@ -522,6 +627,8 @@ class Broadcaster:
             added = index.add(connection, message.event_types)
         if message.correlation_id is not messages.UNSET:
             index.set_filter(connection, message.correlation_id)  # type: ignore[arg-type]
+        if message.batch is not None:
+            self._set_batch(connection, message.batch)
         correlation_id = index.filter_of(connection)
         self._send(
             connection,
@@ -568,12 +675,18 @@ class Broadcaster:
         wanted = [compile_pattern(p) for p in patterns]
         skip = [compile_pattern(p) for p in already]
         count = 0
+        batch = self._batches.get(connection)
         if wanted and after < self._last_id:
             for record in self.store.read_after(after):
                 if correlation_id is not None and record.correlation_id != correlation_id:
                     continue
                 if any(m(record.type) for m in wanted) and not any(m(record.type) for m in skip):
-                    self._send(connection, record.frame)
+                    if batch is None:
+                        self._send(connection, record.frame)
+                    else:
+                        batch.frames.append(record.frame)
+                        if len(batch.frames) >= batch.options.max_events:
+                            self._flush_batch(connection)
                     count += 1
         self._send(
             connection,
@@ -599,6 +712,7 @@ class Broadcaster:
                 continue
             self._clients.pop(connection, None)
             self._index.remove_subscriber(connection)
+            self._drop_batch(connection)
             task = asyncio.ensure_future(connection.close(code, reason))
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)

@@ -152,7 +152,11 @@ def test_connect_url_carries_the_subscription_then_the_resume_point(server: evki
         sub = sink.subscriber(server.url, ["repo.*", "claude.*"], correlation_id="req-1")
         url = sub.connect_url()
         assert url.startswith(server.url + "?")
-        assert query_of(url) == {"eventTypes": ["repo.*,claude.*"], "correlationId": ["req-1"]}
+        assert query_of(url) == {
+            "eventTypes": ["repo.*,claude.*"],
+            "correlationId": ["req-1"],
+            "batch": ["1000,20"],  # evkit's own client asks for batched delivery by default
+        }
 
         async with running(sub):
             await sub.wait_connected(TIMEOUT)

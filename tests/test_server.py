@@ -727,3 +727,104 @@ def test_broadcaster_alone_does_not_import_pandas() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# -- batched delivery ----------------------------------------------------------------------
+
+
+def test_batched_delivery_groups_events_in_stream_order(server: evkit.Server) -> None:
+    async def scenario() -> None:
+        ws, _ = await open_client(server.url)
+        reply = await request(
+            ws,
+            {
+                "type": "subscribe",
+                "payload": {"eventTypes": [], "batch": {"maxEvents": 10, "maxDelayMs": 50}},
+            },
+        )
+        assert reply["type"] == "websocket.subscribed"
+        for n in range(25):
+            evkit.emit("batch.test.event", {"n": n})
+        evkit.flush()  # flush hands queued batches out too
+        batches = [await recv_json(ws) for _ in range(3)]
+        assert [m["type"] for m in batches] == ["websocket.batch"] * 3
+        sizes = [len(m["payload"]["events"]) for m in batches]
+        assert sizes == [10, 10, 5]
+        events = [e for m in batches for e in m["payload"]["events"]]
+        assert [e["payload"]["n"] for e in events] == list(range(25))
+        assert list(events[0]) == ["type", "timestamp", "id", "payload"]
+        await ws.close()
+
+    run(scenario())
+
+
+def test_batch_is_held_at_most_max_delay_then_sent(server: evkit.Server) -> None:
+    async def scenario() -> None:
+        ws, _ = await open_client(server.url, batch="1000,30")
+        evkit.emit("batch.test.event", {"n": 1})
+        evkit.emit("batch.test.event", {"n": 2})
+        # No flush: only the 30 ms timer can send this partial batch.
+        message = await recv_json(ws, timeout=5)
+        assert message["type"] == "websocket.batch"
+        assert [e["payload"]["n"] for e in message["payload"]["events"]] == [1, 2]
+        await ws.close()
+
+    run(scenario())
+
+
+def test_replies_never_overtake_queued_batched_events(server: evkit.Server) -> None:
+    async def scenario() -> None:
+        ws, _ = await open_client(server.url, batch="1000,5000")
+        evkit.emit("batch.test.event", {"n": 1})
+        from evkit._loop import loop_thread
+
+        # Let the loop take the event into the batch (without the flush that sends it).
+        async def drained() -> None:
+            server.broadcaster._drain()
+
+        loop_thread().run(drained(), 5)
+        await send_json(ws, {"type": "ping", "payload": "after"})
+        first = await recv_json(ws)
+        assert first["type"] == "websocket.batch"
+        assert (await recv_json(ws))["type"] == "pong"
+        await ws.close()
+
+    run(scenario())
+
+
+def test_max_events_one_turns_batching_off_and_replay_uses_batches(server: evkit.Server) -> None:
+    for n in range(7):
+        evkit.emit("batch.test.event", {"n": n})
+    evkit.flush()
+
+    async def scenario() -> None:
+        ws, _ = await open_client(server.url, batch="3,1000", since="0")
+        messages = await recv_until(ws, lambda m: m["type"] == "websocket.replayed")
+        kinds = [m["type"] for m in messages]
+        assert kinds == ["websocket.batch"] * 3 + ["websocket.replayed"]
+        replayed = [e["payload"]["n"] for m in messages[:-1] for e in m["payload"]["events"]]
+        assert replayed == list(range(7))
+        await request(
+            ws,
+            {
+                "type": "subscribe",
+                "payload": {"eventTypes": [], "batch": {"maxEvents": 1, "maxDelayMs": 0}},
+            },
+        )
+        evkit.emit("batch.test.event", {"n": 7})
+        [event] = await recv_events(ws, 1)
+        assert event["payload"]["n"] == 7
+        await ws.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("value", ["abc", "0,10", "10", "5,-1", "10001,5"])
+def test_bad_batch_at_connect_is_refused_with_http_400(server: evkit.Server, value: str) -> None:
+    async def scenario() -> None:
+        with pytest.raises(InvalidStatus) as info:
+            await open_client(server.url, batch=value)
+        assert info.value.response.status_code == 400
+        assert orjson.loads(info.value.response.body)["code"] == "invalid_message"
+
+    run(scenario())

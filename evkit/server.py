@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import http
 import itertools
 import logging
@@ -32,6 +33,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -443,6 +445,8 @@ class Broadcaster:
             return None
         if url.path == "/healthz":
             return _json_response(connection, http.HTTPStatus.OK, self.health())
+        if url.path in ("/", "/dashboard"):
+            return _page_response(_dashboard_page())
         return _json_response(
             connection,
             http.HTTPStatus.NOT_FOUND,
@@ -743,6 +747,24 @@ class Broadcaster:
 def _peek(counter: itertools.count[int]) -> int:
     # itertools.count is the thread-safe counter here; its repr is "count(N)".
     return int(repr(counter)[6:-1])
+
+
+@functools.cache
+def _dashboard_page() -> bytes:
+    # One self-contained file (no CDN, no build step), read once per process.
+    return resources.files("evkit").joinpath("static/dashboard.html").read_bytes()
+
+
+def _page_response(body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+    )
+    return Response(200, "OK", headers, body)
 
 
 def _json_response(connection: ServerConnection, status: http.HTTPStatus, body: Any) -> Response:

@@ -62,6 +62,8 @@ class Subscriber:
         on_event: called on the loop with each event dict (``type``, ``timestamp``,
             ``id``, ``payload``); it must not block.
         on_message: called with every server message that is not an event.
+        on_events: when given, called once per ``websocket.batch`` with its events
+            (instead of ``on_event`` for each): cheaper at volume.
         backoff: first and largest reconnect delay in seconds.
         since: resume from this id at the first connection (history after it is
             replayed first); ``epoch`` is the stream that id belongs to, when known.
@@ -81,6 +83,7 @@ class Subscriber:
         *,
         on_event: EventCallback,
         on_message: EventCallback | None = None,
+        on_events: Callable[[list[dict[str, Any]]], None] | None = None,
         backoff: tuple[float, float] = (0.05, 5.0),
         open_timeout: float = 10.0,
         since: str | None = None,
@@ -92,6 +95,7 @@ class Subscriber:
         self.correlation_id = validate_correlation_id(correlation_id)
         self.on_event = on_event
         self.on_message = on_message
+        self.on_events = on_events
         self.backoff = backoff
         self.open_timeout = open_timeout
         self.batch = batch
@@ -184,10 +188,15 @@ class Subscriber:
             kind = message.get("type")
             payload = message.get("payload") or {}
             if kind == "websocket.batch":
-                for event in payload.get("events", ()):
-                    stats.received += 1
-                    stats.last_id = event.get("id", stats.last_id)
-                    on_event(event)
+                events = payload.get("events") or []
+                if events:
+                    stats.received += len(events)
+                    stats.last_id = events[-1].get("id", stats.last_id)
+                    if self.on_events is not None:
+                        self.on_events(events)
+                    else:
+                        for event in events:
+                            on_event(event)
                 continue
             if kind == "websocket.connected":
                 stats.client_id = payload.get("clientId")

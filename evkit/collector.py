@@ -22,7 +22,7 @@ import functools
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from evkit._loop import loop_thread
@@ -47,6 +47,7 @@ FIXED_COLUMNS = (
     "correlation_id",
     "duration_ms",
 )
+_FIXED = frozenset(FIXED_COLUMNS)
 _RECENT = 1_000
 
 
@@ -56,8 +57,6 @@ def _flatten(payload: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
         if isinstance(value, dict) and value:
             _flatten(value, name + ".", out)
         else:
-            if not prefix and name in FIXED_COLUMNS:
-                name = f"payload.{name}"
             out[name] = value
 
 
@@ -96,15 +95,24 @@ class _ColumnBuffer:
             if isinstance(duration, int | float) and not isinstance(duration, bool)
             else float("nan")
         )
-        flat: dict[str, Any] = {}
-        _flatten(payload, "", flat)
+        if any(value.__class__ is dict for value in payload.values()):
+            flat: dict[str, Any] = {}
+            _flatten(payload, "", flat)
+        else:
+            flat = payload  # the common case: nothing nested, no copy
         columns = self.payload
+        written = 0
         for name, value in flat.items():
             column = columns.get(name)
             if column is None:
-                column = columns[name] = [None] * rows
+                if name in _FIXED:
+                    name = f"payload.{name}"
+                    column = columns.get(name)
+                if column is None:
+                    column = columns[name] = [None] * rows
             column.append(value)
-        if len(flat) != len(columns):
+            written += 1
+        if written != len(columns):
             for column in columns.values():
                 if len(column) == rows:
                     column.append(None)
@@ -185,18 +193,26 @@ class Collector:
     # -- ingest (loop thread or emitting thread) -----------------------------------------
 
     def _ingest(self, event: dict[str, Any]) -> None:
+        self._ingest_many((event,))
+
+    def _ingest_many(self, events: Sequence[dict[str, Any]]) -> None:
+        """Take in events (one lock and one wake-up per call, whatever the count)."""
         with self._lock:
-            self._pending.append(event)
-            self._recent.append(event)
-            self._type_counts[event.get("type", "")] += 1
-            self._received += 1
+            append = self._pending.append
+            counts = self._type_counts
+            for event in events:
+                append(event)
+                counts[event.get("type", "")] += 1
+            self._recent.extend(events)
+            self._received += len(events)
             over = self._frame_rows + len(self._pending) - self.max_events
             # Trim in steps of a tenth, so dropping stays cheap per event.
             if over > max(1, self.max_events // 10):
                 self._drop_oldest(over)
             self._lock.notify_all()
         for listener in self._listeners:
-            listener(event)
+            for event in events:
+                listener(event)
 
     def _drop_oldest(self, count: int) -> None:
         from_frame = min(count, self._frame_rows)
@@ -426,6 +442,7 @@ class WebSocketCollector(Collector):
         *,
         since: str | None = None,
         epoch: str | None = None,
+        batch: tuple[int, float] | None = (1000, 20.0),
     ) -> None:
         super().__init__(url, patterns, correlation_id, max_events)
         self._loop_thread = loop_thread()
@@ -433,7 +450,14 @@ class WebSocketCollector(Collector):
 
         async def start() -> Subscriber:
             subscriber = Subscriber(
-                url, self._patterns, correlation_id, on_event=self._ingest, since=since, epoch=epoch
+                url,
+                self._patterns,
+                correlation_id,
+                on_event=self._ingest,
+                on_events=self._ingest_many,
+                since=since,
+                epoch=epoch,
+                batch=batch,
             )
             self._task = self._loop_thread.loop.create_task(subscriber.run())
             self._task.add_done_callback(self._on_done)
@@ -574,6 +598,7 @@ def collect(
     connect_timeout: float = 10.0,
     since: str | None = None,
     epoch: str | None = None,
+    batch: tuple[int, float] | None = (1000, 20.0),
 ) -> WebSocketCollector:
     """Subscribe to a broadcaster and buffer what arrives; returns once connected.
 
@@ -582,6 +607,8 @@ def collect(
     first event. The collector reconnects and resumes on its own when the connection
     drops. ``since`` (an event id, with the ``epoch`` it came from when known) starts
     with the history after it: a collector can pick up where a saved one stopped.
+    ``batch`` is ``(maxEvents, maxDelayMs)`` for batched delivery (the default: up to
+    1,000 events a frame, held at most 20 ms); None asks for one frame per event.
 
     Raises:
         ValueError: the URL is not a ``ws://`` or ``wss://`` URL.
@@ -601,7 +628,14 @@ def collect(
     if isinstance(patterns, str):
         patterns = [patterns]
     return WebSocketCollector(
-        url, patterns, correlation_id, max_events, connect_timeout, since=since, epoch=epoch
+        url,
+        patterns,
+        correlation_id,
+        max_events,
+        connect_timeout,
+        since=since,
+        epoch=epoch,
+        batch=batch,
     )
 
 

@@ -11,6 +11,8 @@ The public API is exactly what ``__all__`` lists; everything else is private::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from evkit import bus
 from evkit.bus import Event, EventBus, RequestBus, emit, emits, request_bus
 from evkit.collector import Collector, capture, collect
@@ -29,9 +31,22 @@ from evkit.exceptions import (
 from evkit.recording import load
 from evkit.server import Broadcaster, Server, ServerSettings, flush, running_servers, serve
 
+if TYPE_CHECKING:
+    from evkit.widgets import Dashboard
+
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("analysis", "simulate")
+_LAZY_SUBMODULES = ("analysis", "simulate", "widgets")
+
+
+def dashboard(source: object, **options: object) -> Dashboard:
+    """A live ipywidgets dashboard over a collector (or a URL / server to collect from).
+
+    See :func:`evkit.widgets.dashboard`; ipywidgets is imported only here.
+    """
+    from evkit.widgets import dashboard as build
+
+    return build(source, **options)  # type: ignore[arg-type]  # options are checked there
 
 
 def __getattr__(name: str) -> object:
@@ -67,6 +82,7 @@ __all__ = [
     "collect",
     "correlation",
     "current_correlation_id",
+    "dashboard",
     "emit",
     "emits",
     "flush",

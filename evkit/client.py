@@ -216,11 +216,12 @@ class Subscriber:
                         stats.gap_reports.append(payload)
                     logger.warning("resumed with a gap: %s", payload)
                 stats.epoch = payload.get("epoch", stats.epoch)
-                if welcome_position is not None:
-                    # The replay covered this stream up to the welcome's position. After a
-                    # resume into another stream (new epoch) the old id means nothing here.
-                    stats.last_id = welcome_position
-                    welcome_position = None
+                covered = payload.get("lastId") or welcome_position
+                if covered is not None:
+                    # The replay covered this stream up to that position (after a resume into
+                    # another stream, a new epoch, the old id means nothing here).
+                    stats.last_id = covered
+                welcome_position = None
             elif kind in ("websocket.subscribed", "websocket.unsubscribed", "websocket.error"):
                 with contextlib.suppress(asyncio.QueueFull):
                     self._replies.put_nowait(message)

@@ -20,19 +20,24 @@ The same port answers ``GET /healthz``. This module needs no pandas.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import errno
+import fnmatch
 import functools
 import http
+import ipaddress
 import itertools
 import logging
 import os
 import sqlite3
 import string
 import threading
+import time
+import warnings
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -47,8 +52,16 @@ from websockets.http11 import Request, Response
 
 from evkit import messages
 from evkit._loop import loop_thread
+from evkit.auth import ANONYMOUS, Authenticator, Principal
 from evkit.bus import Event, EventBus, global_bus
-from evkit.exceptions import InvalidEventError, PortInUseError, ProtocolError, ServerError
+from evkit.exceptions import (
+    EvkitWarning,
+    InvalidEventError,
+    PortInUseError,
+    ProtocolError,
+    ServerError,
+)
+from evkit.limits import AddressLimits, TokenBucket
 from evkit.messages import (
     Auth,
     BatchOptions,
@@ -62,7 +75,9 @@ from evkit.messages import (
     encode_message,
     error_message,
 )
+from evkit.metrics import LATENCY_BUCKETS
 from evkit.patterns import SubscriptionIndex, compile_pattern, validate_patterns
+from evkit.redaction import DEFAULT_REDACT_KEYS, Redactor
 from evkit.store import Record, open_store
 
 __all__ = ["Broadcaster", "Server", "ServerSettings", "flush", "running_servers", "serve"]
@@ -92,6 +107,25 @@ class ServerSettings:
             disconnected as a slow consumer (1013).
         compression: permessage-deflate; off by default (it costs CPU per client).
         ping_interval: seconds between keep-alive pings (None: never).
+        token: a static bearer token every client must present (all scopes).
+        jwt_secret / jwt_public_key: accept JWTs signed HS256 / RS256 (``exp`` and
+            ``nbf`` checked; claims ``scope`` and ``patterns``).
+        auth_timeout: seconds a client without credentials in the handshake has to send
+            ``{"type": "auth"}`` as its first message before it is closed with 1008.
+        allowed_origins: globs of the browser origins allowed to connect (``("*",)``
+            for any); None allows the server's own origin only. Requests without an
+            Origin header (non-browser clients) are allowed when
+            ``allow_missing_origin``.
+        allow_publish: whether clients may publish (with auth on: those with the
+            ``publish`` scope).
+        max_connections, max_connections_per_ip, connections_per_second_per_ip: limits
+            on clients (refused at the handshake with 503 / 429).
+        messages_per_second, message_burst: a token bucket per client; excess messages
+            get ``rate_limited`` and change nothing; after ``rate_limit_strikes`` of them
+            the client is closed with 1008.
+        redact_keys: payload keys (any depth, case-insensitive) whose values are
+            replaced before an event leaves the process or reaches the store.
+        max_post_size: largest ``POST /events`` body, in bytes.
     """
 
     host: str = "127.0.0.1"
@@ -104,16 +138,42 @@ class ServerSettings:
     compression: bool = False
     ping_interval: float | None = 20.0
     store: str = "memory://"
+    token: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    auth_timeout: float = 5.0
+    allowed_origins: tuple[str, ...] | None = None
+    allow_missing_origin: bool = True
+    allow_publish: bool = True
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 1_000
+    connections_per_second_per_ip: float = 100.0
+    messages_per_second: float = 200.0
+    message_burst: int = 400
+    rate_limit_strikes: int = 100
+    redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
+    max_post_size: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be an integer from 0 to 65535, got {self.port!r}")
+        for name in ("allowed_origins", "redact_keys"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
         for name in (
             "max_message_size",
             "max_subscriptions",
             "queue_size",
             "history_size",
             "client_buffer_limit",
+            "max_connections",
+            "max_connections_per_ip",
+            "message_burst",
+            "rate_limit_strikes",
+            "max_post_size",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -126,8 +186,11 @@ class ClientState:
 
     client_id: str
     remote: str
+    principal: Principal = ANONYMOUS
+    bucket: TokenBucket | None = None
     received: int = 0
     errors: int = 0
+    strikes: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +202,8 @@ class _ConnectOptions:
     since: str | None
     epoch: str | None
     batch: BatchOptions | None
+    explicit_patterns: bool = False
+    principal: Principal | None = None  # None: credentials still to come as a first message
 
 
 @dataclass
@@ -160,6 +225,12 @@ class BroadcasterStats:
     slow_consumer_disconnects: int = 0
     replays: int = 0
     client_errors: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    disconnects: dict[str, int] = field(default_factory=dict)
+    published_by_category: dict[str, int] = field(default_factory=dict)
+    delivered_by_category: dict[str, int] = field(default_factory=dict)
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
 
 
 def _client_id() -> str:
@@ -187,7 +258,15 @@ class Broadcaster:
         self._index: SubscriptionIndex[ServerConnection] = SubscriptionIndex()
         self._batches: dict[ServerConnection, _Batch] = {}
         self._clients: dict[ServerConnection, ClientState] = {}
-        self._pending: deque[tuple[str, int, str | None, bytes]] = deque()
+        self._pending: deque[tuple[Event, str | None, bytes, float]] = deque()
+        settings = self.settings
+        self.auth = Authenticator(settings.token, settings.jwt_secret, settings.jwt_public_key)
+        self.redact = Redactor(settings.redact_keys)
+        self._addresses = AddressLimits(
+            settings.max_connections_per_ip, settings.connections_per_second_per_ip
+        )
+        self._dropped_by_category: dict[str, int] = {}
+        self._drop_lock = threading.Lock()
         self._wakeup_scheduled = False
         self._dropped = itertools.count()
         self._dropped_seen = 0
@@ -229,6 +308,9 @@ class Broadcaster:
                 ping_interval=settings.ping_interval,
                 close_timeout=2,
                 server_header="evkit",
+                create_connection=type(
+                    "EvkitServerConnection", (_HTTPPostConnection,), {"broadcaster": self}
+                ),
             )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
@@ -238,6 +320,13 @@ class Broadcaster:
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
             ) from None
         self.port = self._server.sockets[0].getsockname()[1]
+        if not self.auth.enabled and not _is_loopback(settings.host):
+            message = (
+                f"evkit broadcaster bound to {settings.host}:{self.port} without authentication: "
+                f"anyone who can reach it can read every event; pass token=... or jwt_secret=..."
+            )
+            logger.warning(message)
+            warnings.warn(message, EvkitWarning, stacklevel=2)
         logger.info(
             "evkit broadcaster listening on ws://%s:%d%s", settings.host, self.port, EVENTS_PATH
         )
@@ -277,11 +366,15 @@ class Broadcaster:
     def publish(self, event: Event) -> None:
         """Queue an event for broadcast. Safe from any thread; never blocks.
 
-        The payload is serialised here, on the caller's thread. When the queue is full
-        the event is dropped and counted (see :meth:`stats`).
+        The payload is redacted and serialised here, on the caller's thread. When the
+        queue is full the event is dropped and counted (see :meth:`stats`). Once handed
+        out, ``event.id`` holds the stream id it was given.
         """
         if len(self._pending) >= self.settings.queue_size or self._closing:
             count = next(self._dropped)
+            category = event.type.partition(".")[0]
+            with self._drop_lock:
+                self._dropped_by_category[category] = self._dropped_by_category.get(category, 0) + 1
             if count % 10_000 == 0:
                 logger.warning(
                     "evkit broadcaster queue is full (%d events): dropping events; %d dropped so far",
@@ -290,18 +383,21 @@ class Broadcaster:
                 )
             return
         try:
-            payload_json = encode(event.payload)
+            payload_json = encode(self.redact(event.payload))
         except InvalidEventError as exc:
             next(self._unencodable)
+            category = event.type.partition(".")[0]
+            with self._drop_lock:
+                self._dropped_by_category[category] = self._dropped_by_category.get(category, 0) + 1
             logger.error("dropped %s: %s", event.type, exc)
             return
         correlation_id = event.payload.get("correlationId")
         self._pending.append(
             (
-                event.type,
-                event.timestamp,
+                event,
                 correlation_id if isinstance(correlation_id, str) else None,
                 payload_json,
+                time.perf_counter(),
             )
         )
         if not self._wakeup_scheduled and self._loop is not None:
@@ -324,18 +420,33 @@ class Broadcaster:
         stats = self._stats
         delivered = 0
         last_id = self._last_id
+        published_by = stats.published_by_category
+        delivered_by = stats.delivered_by_category
+        latency_counts = stats.latency_counts
+        latency_sum = 0.0
+        now = time.perf_counter()
         for _ in range(min(len(pending), _DRAIN_CHUNK)):
-            type_, timestamp, correlation_id, payload_json = pending.popleft()
+            event, correlation_id, payload_json, stamp = pending.popleft()
+            type_ = event.type
             last_id += 1
-            frame = encode_event(type_, timestamp, str(last_id), payload_json)
-            append(Record(last_id, timestamp, type_, correlation_id, frame))
+            event_id = str(last_id)
+            event.id = event_id
+            frame = encode_event(type_, event.timestamp, event_id, payload_json)
+            append(Record(last_id, event.timestamp, type_, correlation_id, frame))
+            category = type_.partition(".")[0]
+            published_by[category] = published_by.get(category, 0) + 1
+            waited = now - stamp
+            latency_sum += waited
+            latency_counts[bisect.bisect_left(LATENCY_BUCKETS, waited)] += 1
             targets = route(type_, correlation_id)
             if targets:
                 delivered += len(targets)
+                delivered_by[category] = delivered_by.get(category, 0) + len(targets)
                 if batches:
                     targets = self._collect_batched(targets, frame)
                 if targets:
                     broadcast(targets, frame, text=True)
+        stats.latency_sum += latency_sum
         stats.published += last_id - self._last_id
         stats.delivered += delivered
         self._last_id = last_id
@@ -436,15 +547,22 @@ class Broadcaster:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path == EVENTS_PATH:
-            try:
-                connection.evkit_start = self._parse_connect(request, url.query)  # type: ignore[attr-defined]
-            except ProtocolError as exc:
-                return _json_response(
-                    connection, http.HTTPStatus.BAD_REQUEST, {"error": exc.error, "code": exc.code}
-                )
-            return None
+            return self._admit(connection, request, url.query)
         if url.path == "/healthz":
             return _json_response(connection, http.HTTPStatus.OK, self.health())
+        if url.path == "/metrics":
+            from evkit.metrics import render
+
+            try:
+                body, content_type = render(self.metrics_snapshot())
+            except ImportError:
+                return _json_response(
+                    connection,
+                    http.HTTPStatus.NOT_IMPLEMENTED,
+                    {"error": "metrics need prometheus_client: pip install 'evkit[metrics]'"},
+                )
+            headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+            return Response(200, "OK", headers, body)
         if url.path in ("/", "/dashboard"):
             return _page_response(_dashboard_page())
         return _json_response(
@@ -452,6 +570,99 @@ class Broadcaster:
             http.HTTPStatus.NOT_FOUND,
             {"error": f"no route for {url.path}; the event stream is at {EVENTS_PATH}"},
         )
+
+    def _refuse(
+        self,
+        connection: ServerConnection,
+        status: http.HTTPStatus,
+        reason: str,
+        body: dict[str, Any],
+    ) -> Response:
+        rejected = self._stats.rejected
+        rejected[reason] = rejected.get(reason, 0) + 1
+        logger.info("refused a connection from %s: %s", _address(connection), body["error"])
+        return _json_response(connection, status, body)
+
+    def _admit(self, connection: ServerConnection, request: Request, query: str) -> Response | None:
+        """Decide at the handshake whether a WebSocket client may connect."""
+        settings = self.settings
+        address = _address(connection)
+        origin = request.headers.get("Origin")
+        if not self._origin_allowed(origin, request.headers.get("Host")):
+            return self._refuse(
+                connection,
+                http.HTTPStatus.FORBIDDEN,
+                "origin",
+                {"error": f"origin {origin!r} is not allowed", "code": "forbidden"},
+            )
+        if len(self._clients) >= settings.max_connections:
+            return self._refuse(
+                connection,
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                "max_connections",
+                {"error": f"the server holds its maximum of {settings.max_connections} clients"},
+            )
+        limited = self._addresses.admit(address)
+        if limited is not None:
+            return self._refuse(
+                connection,
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                limited,
+                {
+                    "error": f"too many connections from {address} ({limited})",
+                    "code": "rate_limited",
+                },
+            )
+        try:
+            start = self._parse_connect(request, query)
+            credential = (
+                _bearer(request.headers.get("Authorization"))
+                or (parse_qs(query).get("token", [None])[-1])
+            )
+            principal = None
+            if not self.auth.enabled:
+                principal = ANONYMOUS
+            elif credential:
+                principal = self.auth.authenticate(credential)
+            if principal is not None:
+                start = self._authorize(start, principal)
+        except ProtocolError as exc:
+            status = {
+                "unauthorized": http.HTTPStatus.UNAUTHORIZED,
+                "forbidden": http.HTTPStatus.FORBIDDEN,
+            }.get(exc.code, http.HTTPStatus.BAD_REQUEST)
+            reason = exc.code if exc.code in ("unauthorized", "forbidden") else "bad_request"
+            return self._refuse(connection, status, reason, {"error": exc.error, "code": exc.code})
+        connection.evkit_start = start  # type: ignore[attr-defined]
+        return None
+
+    def _authorize(self, start: _ConnectOptions, principal: Principal) -> _ConnectOptions:
+        """The connect options as this principal may have them.
+
+        Raises:
+            ProtocolError: ``forbidden`` (no subscribe scope, or patterns it may not hold).
+        """
+        if not principal.may("subscribe"):
+            raise ProtocolError("forbidden", "this token does not grant the subscribe scope")
+        patterns = start.patterns
+        if principal.patterns is not None and not start.explicit_patterns:
+            patterns = list(principal.patterns)  # a restricted client starts with what it may see
+        forbidden = principal.forbidden(patterns)
+        if forbidden:
+            raise ProtocolError(
+                "forbidden",
+                f"not allowed to subscribe to {forbidden}; this token allows {list(principal.patterns or ())}",
+                {"patterns": forbidden},
+            )
+        return replace(start, patterns=patterns, principal=principal)
+
+    def _origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        if origin is None:
+            return self.settings.allow_missing_origin
+        allowed = self.settings.allowed_origins
+        if allowed is None:  # same origin only: the page this server itself served
+            return host is not None and urlsplit(origin).netloc == host
+        return any(fnmatch.fnmatchcase(origin, pattern) for pattern in allowed)
 
     def _parse_connect(self, request: Request, query: str) -> _ConnectOptions:
         params = parse_qs(query, keep_blank_values=True)
@@ -493,7 +704,9 @@ class Broadcaster:
                     "maxDelayMs": max_delay,
                 }
             )
-        return _ConnectOptions(patterns, correlation_id, since, epoch, batch)
+        return _ConnectOptions(
+            patterns, correlation_id, since, epoch, batch, explicit_patterns="eventTypes" in params
+        )
 
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` document."""
@@ -507,14 +720,62 @@ class Broadcaster:
 
     # -- one connection ---------------------------------------------------------------
 
+    async def _first_message_auth(
+        self, connection: ServerConnection, start: _ConnectOptions
+    ) -> _ConnectOptions | None:
+        """Wait for ``{"type": "auth"}`` as the first message; None when it failed (closed)."""
+        try:
+            async with asyncio.timeout(self.settings.auth_timeout):
+                data = await connection.recv()
+            message = decode_client_message(data)
+            if not isinstance(message, Auth):
+                raise ProtocolError(
+                    "unauthorized",
+                    "authentication required: send {'type': 'auth', 'payload': {'token': ...}} "
+                    "first, or credentials in the handshake",
+                )
+            return self._authorize(start, self.auth.authenticate(message.token))
+        except TimeoutError:
+            reason, error = (
+                "unauthorized",
+                f"no auth message within {self.settings.auth_timeout:g} s",
+            )
+        except ProtocolError as exc:
+            reason = exc.code if exc.code in ("unauthorized", "forbidden") else "unauthorized"
+            error = exc.error
+        except ConnectionClosed:
+            return None
+        rejected = self._stats.rejected
+        rejected[reason] = rejected.get(reason, 0) + 1
+        logger.info("closing %s: %s", _address(connection), error)
+        await connection.close(1008, error[:120])
+        return None
+
     async def _handle(self, connection: ServerConnection) -> None:
-        start: _ConnectOptions = connection.evkit_start  # type: ignore[attr-defined]
+        start: _ConnectOptions | None = connection.evkit_start  # type: ignore[attr-defined]
+        address = _address(connection)
+        self._addresses.opened(address)
+        try:
+            if start is not None and start.principal is None:
+                start = await self._first_message_auth(connection, start)
+            if start is not None and not self._closing:
+                await self._serve_client(connection, start)
+        finally:
+            self._addresses.closed(address)
+
+    async def _serve_client(self, connection: ServerConnection, start: _ConnectOptions) -> None:
         patterns, correlation_id, since = start.patterns, start.correlation_id, start.since
         remote = connection.remote_address
-        state = ClientState(_client_id(), f"{remote[0]}:{remote[1]}" if remote else "?")
+        settings = self.settings
+        state = ClientState(
+            _client_id(),
+            f"{remote[0]}:{remote[1]}" if remote else "?",
+            principal=start.principal or ANONYMOUS,
+            bucket=TokenBucket(settings.messages_per_second, settings.message_burst),
+        )
         self._stats.connections_total += 1
-        # Welcome, registration and replay happen with no await in between, so the first
-        # live event this client gets is the first one after its replay.
+        # The welcome goes first; a resuming client then gets its history (in chunks, as
+        # fast as it reads) and only then live events.
         self._send(
             connection,
             encode_message(
@@ -528,12 +789,14 @@ class Broadcaster:
                 },
             ),
         )
-        self._clients[connection] = state
-        self._index.add_subscriber(connection, patterns, correlation_id)
         if start.batch is not None:
             self._set_batch(connection, start.batch)
-        if since is not None:
-            self._replay(connection, since, patterns, (), correlation_id, start.epoch)
+        connection.evkit_state = state  # type: ignore[attr-defined]
+        if since is None:
+            self._register(connection, start)
+        elif not await self._replay_at_connect(connection, start):
+            self._drop_batch(connection)
+            return
         logger.info("client %s connected from %s", state.client_id, state.remote)
         try:
             async for message in connection:
@@ -547,12 +810,21 @@ class Broadcaster:
             self._clients.pop(connection, None)
             self._index.remove_subscriber(connection)
             self._drop_batch(connection)
+            reason = _DISCONNECT_REASONS.get(connection.close_code or 1006, "other")
+            disconnects = self._stats.disconnects
+            disconnects[reason] = disconnects.get(reason, 0) + 1
             logger.info(
-                "client %s disconnected (code %s %s)",
+                "client %s disconnected: %s (code %s %s)",
                 state.client_id,
+                reason,
                 connection.close_code,
                 connection.close_reason or "",
             )
+
+    def _register(self, connection: ServerConnection, start: _ConnectOptions) -> None:
+        """Start routing live events to ``connection``."""
+        self._clients[connection] = connection.evkit_state  # type: ignore[attr-defined]
+        self._index.add_subscriber(connection, start.patterns, start.correlation_id)
 
     def _set_batch(self, connection: ServerConnection, options: BatchOptions) -> None:
         """Deliver to ``connection`` in ``websocket.batch`` messages from now on.
@@ -584,8 +856,28 @@ class Broadcaster:
         self, connection: ServerConnection, state: ClientState, data: str | bytes
     ) -> None:
         try:
+            assert state.bucket is not None
+            if not state.bucket.take():
+                state.strikes += 1
+                if state.strikes > self.settings.rate_limit_strikes:
+                    self.disconnect(state.client_id, 1008, "rate limited")
+                    return
+                raise ProtocolError(
+                    "rate_limited",
+                    f"more than {self.settings.messages_per_second:g} messages per second; "
+                    f"this message was ignored (after {self.settings.rate_limit_strikes} such, "
+                    f"the connection is closed)",
+                )
             message = decode_client_message(data)
             if isinstance(message, Subscribe):
+                forbidden = state.principal.forbidden(message.event_types)
+                if forbidden:
+                    raise ProtocolError(
+                        "forbidden",
+                        f"not allowed to subscribe to {forbidden}; allowed: "
+                        f"{list(state.principal.patterns or ())}",
+                        {"patterns": forbidden},
+                    )
                 self._subscribe(connection, message)
             elif isinstance(message, Unsubscribe):
                 removed = self._index.remove(connection, message.event_types)
@@ -602,12 +894,76 @@ class Broadcaster:
             elif isinstance(message, Ping):
                 self._send(connection, encode_message(messages.PONG, {"echo": message.payload}))
             elif isinstance(message, Publish):
+                self._check_publish(state.principal)
                 for type_, payload in message.events:
                     self.bus.emit(type_, payload)
             elif isinstance(message, Auth):
-                pass  # authentication is off on this server: credentials are not needed
+                pass  # already authenticated (or auth is off): nothing to do
         except ProtocolError as exc:
             self._reject(connection, state, exc)
+
+    def handle_post(
+        self, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """Answer ``POST /events``: one event or a list; 202 with their ids, or why not.
+
+        Runs on the loop. The events are emitted on this broadcaster's bus (so local
+        handlers see them too) and handed out before the answer, so the ids are known.
+        """
+        url = urlsplit(target)
+        if url.path != "/events":
+            return 404, {"error": f"no route for POST {url.path}; events are posted to /events"}
+        try:
+            credential = (
+                _bearer(headers.get("authorization"))
+                or (parse_qs(url.query).get("token", [None])[-1])
+            )
+            principal = self.auth.authenticate(credential)
+            self._check_publish(principal)
+        except ProtocolError as exc:
+            reason = exc.code
+            rejected = self._stats.rejected
+            rejected[reason] = rejected.get(reason, 0) + 1
+            return (401 if exc.code == "unauthorized" else 403), {
+                "error": exc.error,
+                "code": exc.code,
+            }
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return 400, {"error": f"body is not valid JSON: {exc}", "code": "invalid_json"}
+        items = document if isinstance(document, list) else [document]
+        if not items:
+            return 400, {
+                "error": "no events: post an event or a non-empty list",
+                "code": "invalid_event",
+            }
+        valid, errors = [], []
+        for position, item in enumerate(items):
+            try:
+                valid.append(
+                    messages.validate_event(item, position if isinstance(document, list) else None)
+                )
+            except ProtocolError as exc:
+                errors.append({"index": position, "error": exc.error})
+        if errors:
+            return 400, {
+                "error": f"{len(errors)} of {len(items)} events are invalid; none was published",
+                "code": "invalid_event",
+                "errors": errors,
+            }
+        emitted = [self.bus.emit(type_, payload) for type_, payload in valid]
+        for event in emitted:
+            if event.id is None and not any(e is event for e, *_ in self._pending):
+                self.publish(event)  # this broadcaster is not attached to its bus
+        self._drain_all()
+        return 202, {"ids": [event.id for event in emitted]}
+
+    def _check_publish(self, principal: Principal) -> None:
+        if not self.settings.allow_publish:
+            raise ProtocolError("forbidden", "publishing is disabled on this server")
+        if not principal.may("publish"):
+            raise ProtocolError("forbidden", "this token does not grant the publish scope")
 
     def _subscribe(self, connection: ServerConnection, message: Subscribe) -> None:
         index = self._index
@@ -639,7 +995,7 @@ class Broadcaster:
             encode_message(
                 messages.SUBSCRIBED,
                 {
-                    "eventTypes": message.event_types,
+                    "eventTypes": added,
                     "subscriptions": index.subscriptions(connection),
                     "correlationId": correlation_id,
                 },
@@ -650,6 +1006,75 @@ class Broadcaster:
                 connection, message.since, added, [p for p in before if p in wanted], correlation_id
             )
 
+    def _replay_plan(self, since: str, epoch: str | None) -> tuple[int, bool]:
+        """Where a replay after ``since`` starts, and whether it can be complete.
+
+        ``since`` from another epoch (another stream) does not apply here: the whole
+        history is sent, and the replay is reported incomplete.
+        """
+        try:
+            after = int(since)
+        except ValueError:
+            after = -1
+        other_epoch = epoch is not None and epoch != self.epoch
+        if other_epoch:
+            after = 0
+        # Complete when nothing after `since` has left the history, and `since` is an id
+        # this stream has handed out (a larger one comes from another epoch).
+        complete = not other_epoch and self.store.first_id() - 1 <= after <= self._last_id
+        return after, complete
+
+    def _send_history(
+        self,
+        connection: ServerConnection,
+        after: int,
+        wanted: list[Callable[[str], bool]],
+        skip: list[Callable[[str], bool]],
+        correlation_id: str | None,
+        max_bytes: int | None = None,
+    ) -> tuple[int, int, bool]:
+        """Send stored events after ``after`` that match, stopping past ``max_bytes``.
+
+        Returns how many were sent, the last id looked at, and whether the end of the
+        history was reached.
+        """
+        count = sent_bytes = 0
+        position = after
+        batch = self._batches.get(connection)
+        for record in self.store.read_after(after):
+            if max_bytes is not None and sent_bytes >= max_bytes:
+                return count, position, False
+            position = record.id
+            if correlation_id is not None and record.correlation_id != correlation_id:
+                continue
+            if any(m(record.type) for m in wanted) and not any(m(record.type) for m in skip):
+                if batch is None:
+                    self._send(connection, record.frame)
+                else:
+                    batch.frames.append(record.frame)
+                    if len(batch.frames) >= batch.options.max_events:
+                        self._flush_batch(connection)
+                count += 1
+                sent_bytes += len(record.frame)
+        return count, position, True
+
+    def _send_replayed(
+        self, connection: ServerConnection, since: str, count: int, complete: bool
+    ) -> None:
+        self._send(
+            connection,
+            encode_message(
+                messages.REPLAYED,
+                {
+                    "since": since,
+                    "count": count,
+                    "complete": complete,
+                    "epoch": self.epoch,
+                    "lastId": str(self._last_id),
+                },
+            ),
+        )
+
     def _replay(
         self,
         connection: ServerConnection,
@@ -657,48 +1082,57 @@ class Broadcaster:
         patterns: Iterable[str],
         already: Iterable[str],
         correlation_id: str | None,
-        epoch: str | None = None,
     ) -> None:
-        """Send history after ``since`` matching ``patterns`` but none of ``already``.
-
-        ``since`` from another epoch (another stream) does not apply here: the whole
-        history is sent, and the replay is reported incomplete.
-        """
+        """Send history after ``since`` matching ``patterns`` but none of ``already``, at once."""
         self._stats.replays += 1
-        try:
-            after = int(since)
-        except ValueError:
-            after = -1
-        first = self.store.first_id()
-        other_epoch = epoch is not None and epoch != self.epoch
-        if other_epoch:
-            after = 0
-        # Complete when nothing after `since` has left the history, and `since` is an id
-        # this stream has handed out (a larger one comes from another epoch).
-        complete = not other_epoch and first - 1 <= after <= self._last_id
+        after, complete = self._replay_plan(since, None)
         wanted = [compile_pattern(p) for p in patterns]
-        skip = [compile_pattern(p) for p in already]
         count = 0
-        batch = self._batches.get(connection)
         if wanted and after < self._last_id:
-            for record in self.store.read_after(after):
-                if correlation_id is not None and record.correlation_id != correlation_id:
-                    continue
-                if any(m(record.type) for m in wanted) and not any(m(record.type) for m in skip):
-                    if batch is None:
-                        self._send(connection, record.frame)
-                    else:
-                        batch.frames.append(record.frame)
-                        if len(batch.frames) >= batch.options.max_events:
-                            self._flush_batch(connection)
-                    count += 1
-        self._send(
-            connection,
-            encode_message(
-                messages.REPLAYED,
-                {"since": since, "count": count, "complete": complete, "epoch": self.epoch},
-            ),
-        )
+            skip = [compile_pattern(p) for p in already]
+            count = self._send_history(connection, after, wanted, skip, correlation_id)[0]
+        self._send_replayed(connection, since, count, complete)
+
+    async def _replay_at_connect(
+        self, connection: ServerConnection, start: _ConnectOptions
+    ) -> bool:
+        """Send a resuming client its history, pausing while its buffer is full, then register it.
+
+        History goes out in slices of a quarter of ``client_buffer_limit``, each once the
+        client has read the previous ones, so a client catching up is never cut as a slow
+        consumer. The last slice, ``websocket.replayed`` and the client's registration for
+        live events happen with no await between them: no gap, no duplicate. Returns
+        False if the client could not take it within a minute (closed with 1013) or left.
+        """
+        assert start.since is not None
+        self._stats.replays += 1
+        after, complete = self._replay_plan(start.since, start.epoch)
+        wanted = [compile_pattern(p) for p in start.patterns]
+        slice_bytes = max(1, self.settings.client_buffer_limit // 4)
+        count = 0
+        while wanted:
+            deadline = time.monotonic() + 60
+            while connection.transport.get_write_buffer_size() > slice_bytes:
+                if connection.transport.is_closing():
+                    return False
+                if time.monotonic() > deadline:
+                    await connection.close(1013, "slow consumer")
+                    return False
+                await asyncio.sleep(0.002)
+            first = self.store.first_id()
+            if first - 1 > after:  # the stream outran this replay: history moved on
+                complete = False
+                after = first - 1
+            sent, after, finished = self._send_history(
+                connection, after, wanted, [], start.correlation_id, slice_bytes
+            )
+            count += sent
+            if finished:
+                break
+            self._flush_batch(connection)
+        self._send_replayed(connection, start.since, count, complete)
+        self._register(connection, start)
+        return True
 
     # -- administration -----------------------------------------------------------------
 
@@ -725,6 +1159,26 @@ class Broadcaster:
 
     # -- introspection ----------------------------------------------------------------
 
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The counters ``/metrics`` exposes (see :mod:`evkit.metrics`)."""
+        stats = self._stats
+        with self._drop_lock:
+            dropped = dict(self._dropped_by_category)
+        return {
+            "connections": len(self._clients),
+            "connections_total": stats.connections_total,
+            "rejected": dict(stats.rejected),
+            "published": dict(stats.published_by_category),
+            "delivered": dict(stats.delivered_by_category),
+            "dropped": dropped,
+            "disconnects": dict(stats.disconnects),
+            "slow_consumer_disconnects": stats.slow_consumer_disconnects,
+            "replays": stats.replays,
+            "client_errors": dict(stats.client_errors),
+            "latency": (list(stats.latency_counts), stats.latency_sum),
+            "store_up": 1 if self.store.health()["state"] == "ok" else 0,
+        }
+
     def stats(self) -> dict[str, Any]:
         """Counters: clients, published, delivered, dropped, slow consumers, errors."""
         stats = self._stats
@@ -742,6 +1196,108 @@ class Broadcaster:
             "last_id": str(self._last_id),
             "epoch": self.epoch,
         }
+
+
+class _HTTPPostConnection(ServerConnection):
+    """A connection that also answers ``POST /events``, which websockets' parser cannot read.
+
+    The first bytes decide: a POST is read here (headers and body, bounded) and answered
+    by :meth:`Broadcaster.handle_post`; anything else goes to websockets unchanged.
+    """
+
+    broadcaster: Broadcaster
+    _evkit_http: bytearray | None = None
+    _evkit_mode: str | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._evkit_mode == "ws":
+            super().data_received(data)
+            return
+        buffer = self._evkit_http = (self._evkit_http or bytearray()) + data
+        if self._evkit_mode is None:
+            if len(buffer) < 5 and b"POST "[: len(buffer)] == bytes(buffer):
+                return  # not enough to tell yet
+            if not buffer.startswith(b"POST "):
+                self._evkit_mode = "ws"
+                self._evkit_http = None
+                super().data_received(bytes(buffer))
+                return
+            self._evkit_mode = "post"
+        if self._evkit_mode == "post":
+            self._maybe_answer_post(buffer)
+
+    def _maybe_answer_post(self, buffer: bytearray) -> None:
+        limit = self.broadcaster.settings.max_post_size
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            if len(buffer) > 16 * 1024:
+                self._answer(431, {"error": "request headers too large"})
+            return
+        lines = bytes(buffer[:head_end]).decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length_text = headers.get("content-length")
+        if length_text is None or not length_text.isdigit():
+            self._answer(411, {"error": "POST /events needs a Content-Length header"})
+            return
+        length = int(length_text)
+        if length > limit:
+            self._answer(413, {"error": f"body of {length} bytes exceeds max_post_size={limit}"})
+            return
+        body_start = head_end + 4
+        if len(buffer) - body_start < length:
+            return  # wait for the rest of the body
+        self._evkit_mode = "answered"
+        parts = lines[0].split(" ")
+        target = parts[1] if len(parts) > 1 else "/"
+        body = bytes(buffer[body_start : body_start + length])
+        status, answer = self.broadcaster.handle_post(target, headers, body)
+        self._answer(status, answer)
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        self._evkit_mode = "answered"
+        data = orjson.dumps(body)
+        phrase = http.HTTPStatus(status).phrase
+        self.transport.write(
+            f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\nServer: evkit\r\n\r\n".encode()
+            + data
+        )
+        self.transport.close()
+
+
+_DISCONNECT_REASONS = {
+    1000: "normal",
+    1001: "going_away",
+    1006: "abnormal",
+    1008: "policy",
+    1009: "message_too_big",
+    1011: "server_error",
+    1012: "service_restart",
+    1013: "slow_consumer",
+}
+
+
+def _address(connection: ServerConnection) -> str:
+    remote = connection.remote_address
+    return str(remote[0]) if remote else "?"
+
+
+def _bearer(header: str | None) -> str | None:
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _peek(counter: itertools.count[int]) -> int:

@@ -493,6 +493,7 @@ def test_replay_beyond_history_is_reported_incomplete() -> None:
                 "count": 0,
                 "complete": False,
                 "epoch": srv.stats()["epoch"],
+                "lastId": "12",
             }
             await ws.close()
             await ws2.close()

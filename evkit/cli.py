@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store", default="memory://", help="memory:// (default) or sqlite:///path/events.db"
     )
+    serve.add_argument(
+        "--token", help="require this bearer token (default: $EVKIT_TOKEN, else no auth)"
+    )
+    serve.add_argument("--jwt-secret", help="accept HS256 JWTs signed with this secret")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(
@@ -112,7 +116,12 @@ def _serve(args: argparse.Namespace) -> int:
     from evkit.simulate import Simulation
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = evkit.serve(args.host, args.port, history_size=args.history, store=args.store)
+    auth: dict[str, Any] = {}
+    if args.token:
+        auth["token"] = args.token
+    if args.jwt_secret:
+        auth["jwt_secret"] = args.jwt_secret
+    server = evkit.serve(args.host, args.port, history_size=args.history, store=args.store, **auth)
     print(f"evkit: serving {server.url} (health: {server.http_url}/healthz); Ctrl-C stops")
     simulation = None
     if args.simulate:

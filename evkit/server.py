@@ -1437,13 +1437,16 @@ def serve(
     event of ``bus`` (the global bus by default). Calling it again with the same
     arguments (a re-run notebook cell) returns the running server; with different ones
     it stops that server and starts a new one. ``options`` are the fields of
-    :class:`ServerSettings`.
+    :class:`ServerSettings`; ``token`` defaults to the ``EVKIT_TOKEN`` environment
+    variable when it is set.
 
     Raises:
         PortInUseError: another process holds the port.
         TypeError: an unknown option.
         ValueError: an option out of range.
     """
+    if "token" not in options and os.environ.get("EVKIT_TOKEN"):
+        options["token"] = os.environ["EVKIT_TOKEN"]
     settings = ServerSettings(host=host, port=port, **options)
     key = (host, port)
     with _registry_lock:

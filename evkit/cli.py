@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from evkit.exceptions import EvkitError
 
-        if isinstance(exc, EvkitError | OSError):
+        if isinstance(exc, EvkitError | OSError | ValueError):
             print(f"evkit: {exc}", file=sys.stderr)
             return 1
         raise
@@ -116,19 +116,21 @@ def _serve(args: argparse.Namespace) -> int:
     from evkit.simulate import Simulation
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before serving: a stop is never lost
     auth: dict[str, Any] = {}
     if args.token:
         auth["token"] = args.token
     if args.jwt_secret:
         auth["jwt_secret"] = args.jwt_secret
     server = evkit.serve(args.host, args.port, history_size=args.history, store=args.store, **auth)
-    print(f"evkit: serving {server.url} (health: {server.http_url}/healthz); Ctrl-C stops")
+    print(
+        f"evkit: serving {server.url} (health: {server.http_url}/healthz); Ctrl-C stops", flush=True
+    )
     simulation = None
     if args.simulate:
         simulation = Simulation(seed=args.seed, rate=args.rate).start()
-        print(f"evkit: simulated services running at {args.rate:g} requests/s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        print(f"evkit: simulated services running at {args.rate:g} requests/s", flush=True)
     try:
         while not stop.wait(1.0):
             pass

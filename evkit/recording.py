@@ -31,8 +31,9 @@ __all__ = ["RecordingWriter", "load", "read_events"]
 def _path_of(source: str | Path) -> Path:
     text = str(source)
     if text.startswith("sqlite:///"):
-        rest = text[len("sqlite:///") :]
-        return Path(rest.split("?", 1)[0]) if not rest.startswith("/") else Path(rest)
+        # As in open_store: sqlite:///rel.db is relative, sqlite:////abs.db absolute, and
+        # a query (the store's retention options) is not part of the path.
+        return Path(text[len("sqlite:///") :].split("?", 1)[0])
     if "://" in text:
         raise ValueError(
             f"cannot read {text!r}: give a file path, sqlite:///path.db, or a .jsonl file"
@@ -63,6 +64,20 @@ def _to_ms(value: Any, name: str) -> int | None:
     raise TypeError(f"{name} must be a datetime, an ISO string or epoch milliseconds")
 
 
+def _malformed(event: Any) -> str | None:
+    """What makes a decoded JSON Lines value no event, or None when it is one."""
+    if not isinstance(event, dict):
+        return f"a JSON {type(event).__name__}, not an object"
+    if not isinstance(event.get("type"), str):
+        return "no 'type' string"
+    timestamp = event.get("timestamp", 0)
+    if not isinstance(timestamp, int | float) or isinstance(timestamp, bool):
+        return "'timestamp' is not epoch milliseconds"
+    if not isinstance(event.get("payload") or {}, dict):
+        return "'payload' is not an object"
+    return None
+
+
 def read_events(
     source: str | Path,
     patterns: Iterable[str] = ("*",),
@@ -83,6 +98,8 @@ def read_events(
     path = _path_of(source)
     if not path.exists():
         raise FileNotFoundError(f"no recording at {path}")
+    if isinstance(patterns, str):
+        patterns = [patterns]
     matchers = [compile_pattern(p) for p in validate_patterns(list(patterns))]
     low, high = _to_ms(since, "since"), _to_ms(until, "until")
 
@@ -103,13 +120,17 @@ def read_events(
                     event = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{number}: not a JSON event ({exc})") from None
+                problem = _malformed(event)
+                if problem:
+                    raise ValueError(f"{path}:{number}: not an evkit event ({problem})")
                 payload = event.get("payload") or {}
                 if wanted(
                     event.get("type", ""), payload.get("correlationId"), event.get("timestamp", 0)
                 ):
                     yield event
         return
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # as_uri() escapes what a URI would misread in a path (?, #, %).
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         query = "SELECT type, correlation_id, timestamp, frame FROM events"
         clauses: list[str] = []

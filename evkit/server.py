@@ -313,9 +313,9 @@ class Broadcaster:
                 ),
             )
         except OSError as exc:
+            self.store.close()
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(settings.host, settings.port) from None
-            self.store.close()
             raise ServerError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
             ) from None

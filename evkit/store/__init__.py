@@ -13,6 +13,7 @@ on a thread of their own.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +24,15 @@ if TYPE_CHECKING:
     from evkit.store.sqlite import SQLiteStore
 
 __all__ = ["MemoryStore", "Record", "SQLiteStore", "Store", "open_store"]
+
+
+def __getattr__(name: str) -> object:
+    # SQLiteStore is listed in __all__ but loads on first use, like open_store does it.
+    if name == "SQLiteStore":
+        from evkit.store.sqlite import SQLiteStore
+
+        return SQLiteStore
+    raise AttributeError(f"module 'evkit.store' has no attribute {name!r}")
 
 
 def open_store(url: str, history_size: int = 10_000) -> Store:
@@ -37,7 +47,15 @@ def open_store(url: str, history_size: int = 10_000) -> Store:
         ValueError: an unknown scheme or a malformed option, naming what is accepted.
     """
     parts = urlsplit(url)
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    accepted = _OPTIONS.get(parts.scheme)
+    if accepted is not None:
+        for name in options:
+            if name not in accepted:
+                raise ValueError(
+                    f"unknown option {name!r} for {parts.scheme}://; accepted: "
+                    + ", ".join(accepted)
+                )
     if parts.scheme == "memory":
         return MemoryStore(capacity=_int_option(options, "size", history_size))
     if parts.scheme == "sqlite":
@@ -50,14 +68,16 @@ def open_store(url: str, history_size: int = 10_000) -> Store:
             raise ValueError(f"{url!r} names no file; use sqlite:///events.db")
         from evkit.store.sqlite import SQLiteStore
 
-        max_age = options.get("max_age")
         return SQLiteStore(
             path,
             memory_size=history_size,
             max_events=_int_option(options, "max_events", 1_000_000),
-            max_age=float(max_age) if max_age is not None else None,
+            max_age=_seconds_option(options, "max_age"),
         )
     raise ValueError(f"unknown store URL {url!r}; use memory:// or sqlite:///path/to/events.db")
+
+
+_OPTIONS = {"memory": ("size",), "sqlite": ("max_events", "max_age")}
 
 
 def _int_option(options: dict[str, str], name: str, default: int) -> int:
@@ -67,3 +87,16 @@ def _int_option(options: dict[str, str], name: str, default: int) -> int:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"store option {name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _seconds_option(options: dict[str, str], name: str) -> float | None:
+    value = options.get(name)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise ValueError(f"store option {name} must be a positive number of seconds, got {value!r}")
+    return seconds

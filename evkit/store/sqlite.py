@@ -70,6 +70,8 @@ class SQLiteStore(Store):
         self.last_id = 0
         self._ring: deque[Record] = deque(maxlen=memory_size)
         self._pending: list[Record] = []
+        self._writing: list[Record] = []  # the batch the writer is committing
+        self._expired_id = 0  # the newest id that age retention removed
         self._lock = threading.Condition()
         self._written_id = 0
         self._first_on_disk = 1
@@ -142,19 +144,37 @@ class SQLiteStore(Store):
                 self._dropped += 1
             self._pending.append(record)
 
+    def _retained_after(self) -> int:
+        # The ring may still hold what retention removed from disk: ids up to this one
+        # are no longer held, wherever they are.
+        return max(self.last_id - self.max_events, self._expired_id)
+
     def first_id(self) -> int:
-        return min(self._first_on_disk, self._ring[0].id if self._ring else self.last_id + 1)
+        held = min(self._first_on_disk, self._ring[0].id if self._ring else self.last_id + 1)
+        return max(held, self._retained_after() + 1)
 
     def read_after(self, after: int) -> Iterator[Record]:
+        after = max(after, self._retained_after())
         ring_first = self._ring[0].id if self._ring else self.last_id + 1
-        if after + 1 < ring_first and self._reader is not None:
-            rows = self._reader.execute(
-                "SELECT id, timestamp, type, correlation_id, frame FROM events "
-                "WHERE id > ? AND id < ? ORDER BY id",
-                (after, ring_first),
-            )
-            for row in rows:
-                yield Record(row[0], row[1], row[2], row[3], bytes(row[4]))
+        if after + 1 < ring_first:
+            # Older than the ring: on disk, or still waiting for the writer. Take the
+            # unwritten ones first: whatever the writer commits after this is in that copy.
+            with self._lock:
+                unwritten = [*self._writing, *self._pending]
+            last = after
+            if self._reader is not None:
+                rows = self._reader.execute(
+                    "SELECT id, timestamp, type, correlation_id, frame FROM events "
+                    "WHERE id > ? AND id < ? ORDER BY id",
+                    (after, ring_first),
+                )
+                for row in rows:
+                    last = row[0]
+                    yield Record(row[0], row[1], row[2], row[3], bytes(row[4]))
+            for record in unwritten:
+                if last < record.id < ring_first:
+                    last = record.id
+                    yield record
         for record in self._ring:
             if record.id > after:
                 yield record
@@ -170,6 +190,7 @@ class SQLiteStore(Store):
                         self._lock.wait(self.batch_interval)
                     batch = self._pending
                     self._pending = []
+                    self._writing = batch
                     closing = self._closing
                 if batch:
                     self._write(connection, batch)
@@ -196,6 +217,7 @@ class SQLiteStore(Store):
                 self._retain(connection)
                 with self._lock:
                     self._written_id = batch[-1].id
+                    self._writing = []
                     self._error = None
                     self._lock.notify_all()
                 return
@@ -215,7 +237,12 @@ class SQLiteStore(Store):
             )
             if self.max_age is not None:
                 cutoff = int((time.time() - self.max_age) * 1000)
+                expired = connection.execute(
+                    "SELECT MAX(id) FROM events WHERE timestamp < ?", (cutoff,)
+                ).fetchone()[0]
                 connection.execute("DELETE FROM events WHERE timestamp < ?", (cutoff,))
+                if expired is not None:
+                    self._expired_id = max(self._expired_id, expired)
         first = connection.execute("SELECT MIN(id) FROM events").fetchone()[0]
         self._first_on_disk = first if first is not None else self._written_id + 1
 
@@ -238,7 +265,7 @@ class SQLiteStore(Store):
 
     def health(self) -> dict[str, Any]:
         with self._lock:
-            pending = len(self._pending)
+            pending = len(self._pending) + len(self._writing)
             error = self._error
             written = self._written_id
             dropped = self._dropped

@@ -67,9 +67,11 @@ class AddressLimits:
         bucket = self._buckets.get(address)
         if bucket is None:
             if len(self._buckets) >= self.max_addresses:
-                for key in list(self._buckets)[: self.max_addresses // 10 or 1]:
-                    if key not in self.open:
-                        del self._buckets[key]
+                # The oldest idle ones: addresses with open connections keep their bucket,
+                # and must not shield the idle ones behind them from eviction.
+                idle = [key for key in self._buckets if key not in self.open]
+                for key in idle[: self.max_addresses // 10 or 1]:
+                    del self._buckets[key]
             bucket = self._buckets[address] = TokenBucket(
                 self.new_per_second, max(1.0, self.new_per_second), self._clock
             )

@@ -2,7 +2,8 @@
 
 A key matches when its lower-cased name is in the configured set (default:
 ``password``, ``secret``, ``token``, ``authorization``, ``api_key``, ``cookie``), at any
-depth, in dicts and in lists of dicts. Matching values are replaced by
+depth, in dicts, in lists and tuples of them, and in dataclass instances (which JSON
+encoding turns into objects too). Matching values are replaced by
 :data:`REDACTED`; the caller's payload is never modified (a changed copy is returned).
 
 Pure: plain values in, plain values out.
@@ -10,6 +11,7 @@ Pure: plain values in, plain values out.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +20,14 @@ __all__ = ["DEFAULT_REDACT_KEYS", "REDACTED", "Redactor"]
 DEFAULT_REDACT_KEYS = ("password", "secret", "token", "authorization", "api_key", "cookie")
 REDACTED = "[redacted]"
 _SAFE_CACHE_LIMIT = 10_000
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _fields(value: Any) -> dict[str, Any] | None:
+    """A dataclass instance's fields as the dict its JSON encoding holds, else None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return None
 
 
 class Redactor:
@@ -51,12 +61,13 @@ class Redactor:
             for key, item in value.items():
                 if self._is_sensitive(key):
                     return True
-                if isinstance(item, dict | list) and self._needs(item):
+                if not isinstance(item, _SCALARS) and self._needs(item):
                     return True
             return False
-        if isinstance(value, list):
-            return any(isinstance(item, dict | list) and self._needs(item) for item in value)
-        return False
+        if isinstance(value, list | tuple):
+            return any(not isinstance(item, _SCALARS) and self._needs(item) for item in value)
+        fields = _fields(value)
+        return fields is not None and self._needs(fields)
 
     def _redact(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -64,6 +75,7 @@ class Redactor:
                 key: REDACTED if self._is_sensitive(key) else self._redact(item)
                 for key, item in value.items()
             }
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             return [self._redact(item) for item in value]
-        return value
+        fields = _fields(value)
+        return value if fields is None else self._redact(fields)

@@ -191,6 +191,7 @@ class ClientState:
     received: int = 0
     errors: int = 0
     strikes: int = 0
+    close_code: int | None = None  # set when the server itself closes the connection
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,9 @@ class Broadcaster:
         self._index: SubscriptionIndex[ServerConnection] = SubscriptionIndex()
         self._batches: dict[ServerConnection, _Batch] = {}
         self._clients: dict[ServerConnection, ClientState] = {}
+        # Every connection past the handshake, including those still to authenticate or
+        # catching up on history: what max_connections bounds.
+        self._handling: set[ServerConnection] = set()
         self._pending: deque[tuple[Event, str | None, bytes, float]] = deque()
         settings = self.settings
         self.auth = Authenticator(settings.token, settings.jwt_secret, settings.jwt_public_key)
@@ -384,7 +388,7 @@ class Broadcaster:
             return
         try:
             payload_json = encode(self.redact(event.payload))
-        except InvalidEventError as exc:
+        except (InvalidEventError, RecursionError) as exc:  # too deep for the redactor
             next(self._unencodable)
             category = event.type.partition(".")[0]
             with self._drop_lock:
@@ -523,6 +527,7 @@ class Broadcaster:
         state = self._clients.pop(connection, None)
         if state is None:
             return
+        state.close_code = 1013
         self._index.remove_subscriber(connection)
         self._drop_batch(connection)
         self._stats.slow_consumer_disconnects += 1
@@ -595,7 +600,7 @@ class Broadcaster:
                 "origin",
                 {"error": f"origin {origin!r} is not allowed", "code": "forbidden"},
             )
-        if len(self._clients) >= settings.max_connections:
+        if len(self._handling) >= settings.max_connections:
             return self._refuse(
                 connection,
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
@@ -642,8 +647,14 @@ class Broadcaster:
         Raises:
             ProtocolError: ``forbidden`` (no subscribe scope, or patterns it may not hold).
         """
-        if not principal.may("subscribe"):
-            raise ProtocolError("forbidden", "this token does not grant the subscribe scope")
+        wants_events = bool(start.patterns) or not start.explicit_patterns
+        if wants_events and not principal.may("subscribe"):
+            # A publish-only client connects with ?eventTypes= (nothing) and is let in.
+            raise ProtocolError(
+                "forbidden",
+                "this token does not grant the subscribe scope (a publisher may connect "
+                "with ?eventTypes= to receive nothing)",
+            )
         patterns = start.patterns
         if principal.patterns is not None and not start.explicit_patterns:
             patterns = list(principal.patterns)  # a restricted client starts with what it may see
@@ -748,19 +759,22 @@ class Broadcaster:
         rejected = self._stats.rejected
         rejected[reason] = rejected.get(reason, 0) + 1
         logger.info("closing %s: %s", _address(connection), error)
-        await connection.close(1008, error[:120])
+        # A close reason must fit a 125-byte control frame: cut on bytes, not characters.
+        await connection.close(1008, error.encode()[:120].decode(errors="ignore"))
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:
         start: _ConnectOptions | None = connection.evkit_start  # type: ignore[attr-defined]
         address = _address(connection)
         self._addresses.opened(address)
+        self._handling.add(connection)
         try:
             if start is not None and start.principal is None:
                 start = await self._first_message_auth(connection, start)
             if start is not None and not self._closing:
                 await self._serve_client(connection, start)
         finally:
+            self._handling.discard(connection)
             self._addresses.closed(address)
 
     async def _serve_client(self, connection: ServerConnection, start: _ConnectOptions) -> None:
@@ -801,7 +815,11 @@ class Broadcaster:
         try:
             async for message in connection:
                 if connection not in self._clients:
-                    break  # dropped as a slow consumer; its close is under way
+                    # Dropped by the server (slow consumer, rate limit, disconnect()): its
+                    # close is under way. Keep reading, so the peer's close frame is not
+                    # stuck behind unread messages, and do not return, or the handler's
+                    # exit would close with 1000 before that close is sent.
+                    continue
                 state.received += 1
                 self._on_message(connection, state, message)
         except ConnectionClosed:
@@ -810,7 +828,8 @@ class Broadcaster:
             self._clients.pop(connection, None)
             self._index.remove_subscriber(connection)
             self._drop_batch(connection)
-            reason = _DISCONNECT_REASONS.get(connection.close_code or 1006, "other")
+            code = state.close_code or connection.close_code or 1006
+            reason = _DISCONNECT_REASONS.get(code, "other")
             disconnects = self._stats.disconnects
             disconnects[reason] = disconnects.get(reason, 0) + 1
             logger.info(
@@ -913,6 +932,13 @@ class Broadcaster:
         url = urlsplit(target)
         if url.path != "/events":
             return 404, {"error": f"no route for POST {url.path}; events are posted to /events"}
+        origin = headers.get("origin")
+        if not self._origin_allowed(origin, headers.get("host")):
+            # The same rule as the WebSocket handshake: a page of another origin must not
+            # publish through the user's browser (a cross-site POST needs no preflight).
+            rejected = self._stats.rejected
+            rejected["origin"] = rejected.get("origin", 0) + 1
+            return 403, {"error": f"origin {origin!r} is not allowed", "code": "forbidden"}
         try:
             credential = (
                 _bearer(headers.get("authorization"))
@@ -1149,6 +1175,7 @@ class Broadcaster:
             if client_id is not None and state.client_id != client_id:
                 continue
             self._clients.pop(connection, None)
+            state.close_code = code
             self._index.remove_subscriber(connection)
             self._drop_batch(connection)
             task = asyncio.ensure_future(connection.close(code, reason))
@@ -1239,7 +1266,7 @@ class _HTTPPostConnection(ServerConnection):
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         length_text = headers.get("content-length")
-        if length_text is None or not length_text.isdigit():
+        if length_text is None or not (length_text.isascii() and length_text.isdigit()):
             self._answer(411, {"error": "POST /events needs a Content-Length header"})
             return
         length = int(length_text)

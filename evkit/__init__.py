@@ -32,11 +32,19 @@ from evkit.recording import load
 from evkit.server import Broadcaster, Server, ServerSettings, flush, running_servers, serve
 
 if TYPE_CHECKING:
+    from evkit.forward import Forwarder
     from evkit.widgets import Dashboard
 
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = ("analysis", "simulate", "widgets")
+
+
+def connect(url: str, token: str | None = None, **options: object) -> Forwarder:
+    """Forward this process's bus to a remote broadcaster (see :func:`evkit.forward.connect`)."""
+    from evkit.forward import connect as forward
+
+    return forward(url, token, **options)  # type: ignore[arg-type]  # options are checked there
 
 
 def dashboard(source: object, **options: object) -> Dashboard:
@@ -80,6 +88,7 @@ __all__ = [
     "bus",
     "capture",
     "collect",
+    "connect",
     "correlation",
     "current_correlation_id",
     "dashboard",

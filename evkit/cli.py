@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -85,12 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--correlation-id", help="only events of this correlation ID")
     tail.add_argument("--count", type=int, help="exit after this many events")
     tail.add_argument("--json", action="store_true", help="print each message as a JSON line")
+    tail.add_argument(
+        "--token",
+        default=os.environ.get("EVKIT_TOKEN") or None,
+        help="bearer token of a server with auth (default: $EVKIT_TOKEN)",
+    )
     tail.set_defaults(run=_tail)
 
     publish = commands.add_parser("publish", help="publish one event to a running server")
     publish.add_argument("type", help="event type, e.g. repo.commit.created")
     publish.add_argument("--payload", default="{}", help="payload as a JSON object")
     publish.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
+    publish.add_argument(
+        "--token",
+        default=os.environ.get("EVKIT_TOKEN") or None,
+        help="bearer token of a server with auth (default: $EVKIT_TOKEN); it needs the "
+        "publish and subscribe scopes",
+    )
     publish.set_defaults(run=_publish)
 
     record = commands.add_parser("record", help="record a live stream into a file")
@@ -100,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--correlation-id", help="only events of this correlation ID")
     record.add_argument("--count", type=int, help="stop after this many events")
     record.add_argument("--seconds", type=float, help="stop after this many seconds")
+    record.add_argument(
+        "--token",
+        default=os.environ.get("EVKIT_TOKEN") or None,
+        help="bearer token of a server with auth (default: $EVKIT_TOKEN)",
+    )
     record.set_defaults(run=_record)
 
     replay = commands.add_parser("replay", help="publish a recording again, with its spacing")
@@ -107,8 +124,17 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--to", required=True, help="ws://HOST:PORT/ws/events to publish to")
     replay.add_argument("--speed", type=float, default=1.0, help="time scale (2: twice as fast)")
     replay.add_argument("--patterns", default="*", help="only these event types")
+    replay.add_argument(
+        "--token",
+        default=os.environ.get("EVKIT_TOKEN") or None,
+        help="bearer token of a server with auth (default: $EVKIT_TOKEN)",
+    )
     replay.set_defaults(run=_replay)
     return parser
+
+
+def _auth(token: str | None) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {token}"} if token else None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -237,7 +263,9 @@ def _tail(args: argparse.Namespace) -> int:
         if args.correlation_id:
             params["correlationId"] = args.correlation_id
         received = 0
-        async with connect(f"{args.url}?{urlencode(params)}", max_size=None) as ws:
+        async with connect(
+            f"{args.url}?{urlencode(params)}", max_size=None, additional_headers=_auth(args.token)
+        ) as ws:
             async for raw in ws:
                 message: dict[str, Any] = orjson.loads(raw)
                 if args.json:
@@ -275,19 +303,32 @@ def _publish(args: argparse.Namespace) -> int:
     if not isinstance(payload, dict):
         print("evkit: --payload must be a JSON object", file=sys.stderr)
         return 2
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    timeout = 5.0
 
     async def run() -> int:
         from websockets.asyncio.client import connect
 
-        async with connect(f"{args.url}?eventTypes={args.type}") as ws:
-            orjson.loads(await ws.recv())
+        # Subscribed to its own type, to read the event back with the id it was given.
+        async with connect(
+            f"{args.url}?{urlencode({'eventTypes': args.type})}",
+            additional_headers=headers,
+            open_timeout=timeout,
+        ) as ws:
+            if headers is None:
+                # A server with auth waits for credentials; this makes it refuse at once.
+                await ws.send(orjson.dumps({"type": "ping", "payload": "evkit publish"}).decode())
+            async with asyncio.timeout(timeout):
+                async for raw in ws:
+                    if orjson.loads(raw)["type"] == "websocket.connected":
+                        break
             await ws.send(
                 orjson.dumps(
                     {"type": "publish", "payload": {"type": args.type, "payload": payload}}
                 ).decode()
             )
             while True:
-                message = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+                message = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
                 if message["type"] == "websocket.error":
                     print(f"evkit: rejected: {message['payload']['error']}", file=sys.stderr)
                     return 1
@@ -295,7 +336,32 @@ def _publish(args: argparse.Namespace) -> int:
                     print(f"published {args.type} as id {message['id']}")
                     return 0
 
-    return asyncio.run(run())
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    try:
+        return asyncio.run(run())
+    except InvalidStatus as exc:
+        response = exc.response
+        try:
+            detail = orjson.loads(response.body or b"{}").get("error", "")
+        except (orjson.JSONDecodeError, AttributeError):
+            detail = ""
+        hint = " (check --token or $EVKIT_TOKEN)" if response.status_code in (401, 403) else ""
+        print(
+            f"evkit: {args.url} refused the connection: HTTP {response.status_code} "
+            f"{response.reason_phrase}{': ' + detail if detail else ''}{hint}",
+            file=sys.stderr,
+        )
+        return 1
+    except ConnectionClosed as exc:
+        close = exc.rcvd
+        reason = f"{close.code} {close.reason}" if close is not None else "without a close frame"
+        hint = " (it requires a token: pass --token or set $EVKIT_TOKEN)" if not args.token else ""
+        print(f"evkit: {args.url} closed the connection: {reason}{hint}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"evkit: {args.url} did not answer within {timeout:g} s", file=sys.stderr)
+        return 1
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -315,7 +381,9 @@ def _record(args: argparse.Namespace) -> int:
             if args.count is not None and writer.count >= args.count:
                 done.set()
 
-        subscriber = Subscriber(args.url, patterns, args.correlation_id, on_event=on_event)
+        subscriber = Subscriber(
+            args.url, patterns, args.correlation_id, on_event=on_event, token=args.token
+        )
         task = asyncio.ensure_future(subscriber.run())
         began = time.monotonic()
         deadline = None if args.seconds is None else began + args.seconds
@@ -364,7 +432,9 @@ def _replay(args: argparse.Namespace) -> int:
 
         sent = 0
         # Subscribed to nothing: this connection only publishes.
-        async with connect(f"{args.to}?eventTypes=", max_size=None) as ws:
+        async with connect(
+            f"{args.to}?eventTypes=", max_size=None, additional_headers=_auth(args.token)
+        ) as ws:
             orjson.loads(await ws.recv())
             loop = asyncio.get_running_loop()
             start = loop.time()

@@ -70,6 +70,8 @@ class Subscriber:
         batch: ``(maxEvents, maxDelayMs)``: ask the server to send events in
             ``websocket.batch`` messages of up to ``maxEvents``, held at most
             ``maxDelayMs``; far fewer frames at volume. None: one frame per event.
+        token: a bearer token for a server with authentication (sent as the
+            ``Authorization`` header, never in the URL).
 
     Raises:
         InvalidPatternError: a pattern is malformed (at construction).
@@ -89,6 +91,7 @@ class Subscriber:
         since: str | None = None,
         epoch: str | None = None,
         batch: tuple[int, float] | None = (1000, 20.0),
+        token: str | None = None,
     ) -> None:
         self.url = url
         self.patterns = validate_patterns(list(patterns))
@@ -99,6 +102,7 @@ class Subscriber:
         self.backoff = backoff
         self.open_timeout = open_timeout
         self.batch = batch
+        self.token = token
         self.stats = SubscriberStats(last_id=since, epoch=epoch)
         self._ws: ClientConnection | None = None
         self._stopping = False
@@ -119,7 +123,8 @@ class Subscriber:
                 query["epoch"] = self.stats.epoch
         if self.batch is not None:
             query["batch"] = f"{self.batch[0]},{self.batch[1]:g}"
-        return f"{self.url}?{urlencode(query)}"
+        separator = "&" if "?" in self.url else "?"
+        return f"{self.url}{separator}{urlencode(query)}"
 
     async def run(self) -> None:
         """Connect, receive, and reconnect until :meth:`stop`.
@@ -135,7 +140,12 @@ class Subscriber:
                 self.stats.state = "connecting"
                 try:
                     async with connect(
-                        self.connect_url(), max_size=None, open_timeout=self.open_timeout
+                        self.connect_url(),
+                        max_size=None,
+                        open_timeout=self.open_timeout,
+                        additional_headers=(
+                            {"Authorization": f"Bearer {self.token}"} if self.token else None
+                        ),
                     ) as ws:
                         self._ws = ws
                         if self.stopping:
@@ -143,7 +153,7 @@ class Subscriber:
                         attempt = 0
                         await self._receive(ws)
                 except InvalidStatus as exc:
-                    if exc.response.status_code == 400:
+                    if exc.response.status_code in (400, 401, 403):
                         detail = _error_body(bytes(exc.response.body))
                         raise ProtocolError(
                             detail.get("code", "invalid_message"),

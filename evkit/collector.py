@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -443,6 +444,7 @@ class WebSocketCollector(Collector):
         since: str | None = None,
         epoch: str | None = None,
         batch: tuple[int, float] | None = (1000, 20.0),
+        token: str | None = None,
     ) -> None:
         super().__init__(url, patterns, correlation_id, max_events)
         self._loop_thread = loop_thread()
@@ -458,6 +460,7 @@ class WebSocketCollector(Collector):
                 since=since,
                 epoch=epoch,
                 batch=batch,
+                token=token,
             )
             self._task = self._loop_thread.loop.create_task(subscriber.run())
             self._task.add_done_callback(self._on_done)
@@ -599,6 +602,7 @@ def collect(
     since: str | None = None,
     epoch: str | None = None,
     batch: tuple[int, float] | None = (1000, 20.0),
+    token: str | None = None,
 ) -> WebSocketCollector:
     """Subscribe to a broadcaster and buffer what arrives; returns once connected.
 
@@ -609,6 +613,7 @@ def collect(
     with the history after it: a collector can pick up where a saved one stopped.
     ``batch`` is ``(maxEvents, maxDelayMs)`` for batched delivery (the default: up to
     1,000 events a frame, held at most 20 ms); None asks for one frame per event.
+    ``token`` authenticates to a server with auth on (default: ``$EVKIT_TOKEN``).
 
     Raises:
         ValueError: the URL is not a ``ws://`` or ``wss://`` URL.
@@ -636,6 +641,7 @@ def collect(
         since=since,
         epoch=epoch,
         batch=batch,
+        token=token if token is not None else os.environ.get("EVKIT_TOKEN") or None,
     )
 
 

@@ -372,15 +372,19 @@ def bottlenecks(df: pd.DataFrame, top: int = 10) -> pd.DataFrame:
 
 
 def critical_path(df: pd.DataFrame, correlation_id: str) -> pd.DataFrame:
-    """Follow the chain of spans that determined one request's wall time.
+    """The spans that determined one request's wall time.
 
     Starting at the root span (no parent, or a parent that is not among the
-    request's spans) that ends last, repeatedly descend to the child that ends
-    last, the one its parent waited on. Running spans count as ending at the
-    request's last timestamp. Ties go to the span that started first.
+    request's spans) that ends last, walk back from its end: the child that
+    ended last is what it waited on; before that child started, the child that
+    ended last then; and so on, descending into each chosen child the same way
+    (the critical path of tracing tools: sequential steps are all on it, of
+    parallel ones only the one that finished last). Running spans count as
+    ending at the request's last timestamp. Ties go to the span that started
+    first.
 
-    The caller gets the rows of :func:`spans` on that chain, root first and
-    leaf last, with a fresh index. A request with events but no spans gives an
+    The caller gets the rows of :func:`spans` on the path in start order (the
+    root first), with a fresh index. A request with events but no spans gives an
     empty frame with :data:`SPAN_COLUMNS`, as does a frame with no events at all.
 
     Raises:
@@ -564,8 +568,9 @@ def _unknown_correlation_message(correlation_id: str, correlation: pd.Series) ->
 
 
 def _critical_labels(span_table: pd.DataFrame, last: pd.Timestamp) -> list[Hashable]:
-    """Index labels of the critical path, root first."""
+    """Index labels of the critical path, in start order (the root first)."""
     ends = span_table["end"].fillna(last)
+    starts = span_table["start"]
     span_ids = span_table["span_id"]
     parents = span_table["parent_span_id"]
     present = set(span_ids.dropna())
@@ -577,17 +582,32 @@ def _critical_labels(span_table: pd.DataFrame, last: pd.Timestamp) -> list[Hasha
     children = _children_by_parent(span_table)
     path: list[Hashable] = []
     visited: set[Hashable] = set()
-    while len(candidates) > 0:
-        current = _latest_ending(candidates, ends, span_table["start"])
-        path.append(current)
-        visited.add(current)
-        span_id = span_ids.loc[current]
+    # Walk back from each span's end: the child that ended last before that point is what
+    # the span was waiting on; before that child started, the one that ended last then;
+    # and so on, descending into each (the critical path of tracing tools).
+    stack: list[tuple[Hashable, pd.Timestamp]] = []
+    root = _latest_ending(candidates, ends, starts)
+    stack.append((root, ends.loc[root]))
+    while stack:
+        label, bound = stack.pop()
+        if label in visited:
+            continue
+        path.append(label)
+        visited.add(label)
+        span_id = span_ids.loc[label]
         if pd.isna(span_id):
-            break
-        candidates = pd.Index(
-            [label for label in children.get(span_id, []) if label not in visited]
-        )
-    return path
+            continue
+        waiting = [c for c in children.get(span_id, []) if c not in visited]
+        bound = min(bound, ends.loc[label])
+        while waiting:
+            before = [c for c in waiting if ends.loc[c] <= bound]
+            if not before:  # what remains overlapped the chosen step: it ran in parallel
+                break
+            child = _latest_ending(pd.Index(before), ends, starts)
+            stack.append((child, bound))
+            bound = starts.loc[child]
+            waiting = [c for c in waiting if c != child and starts.loc[c] < bound]
+    return sorted(path, key=lambda label: (starts.loc[label], -ends.loc[label].value))
 
 
 def _latest_ending(candidates: pd.Index, ends: pd.Series, starts: pd.Series) -> Hashable:

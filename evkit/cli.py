@@ -234,18 +234,29 @@ def _report(frame: Any, analysis: Any) -> str:
         )
     lines += ["", "Slowest requests (wall time, first to last event):", ""]
     lines.append(
-        f"  {'correlation id':<16} {'wall ms':>8} {'ops':>4} {'errors':>6}  slowest operation"
+        f"  {'correlation id':<16} {'wall ms':>8} {'ops':>4} {'errors':>6}  "
+        "where the time went (costliest step on the critical path)"
     )
     slowest = analysis.latency_by_correlation(frame).head(5)
     for correlation_id, row in slowest.iterrows():
+        operation, own_ms = _costliest_step(analysis.critical_path(frame, str(correlation_id)))
         lines.append(
             f"  {correlation_id!s:<16} {row['wall_ms']:>8.1f} {int(row['operations']):>4} "
-            f"{int(row['errors']):>6}  {row['slowest_operation']} ({row['slowest_ms']:.1f} ms)"
+            f"{int(row['errors']):>6}  {operation} ({own_ms:.1f} ms of its own)"
         )
     critical = analysis.critical_path(frame, str(slowest.index[0]))
     chain = " -> ".join(f"{r.operation} {r.duration_ms:.0f} ms" for r in critical.itertuples())
     lines += ["", f"Critical path of {slowest.index[0]}: {chain}"]
     return "\n".join(lines)
+
+
+def _costliest_step(path: Any) -> tuple[str, float]:
+    """The span on a critical path with the most time of its own (beyond its children on it)."""
+    on_path = path[path["parent_span_id"].isin(set(path["span_id"]))]
+    children_ms = on_path.groupby("parent_span_id")["duration_ms"].sum()
+    own = path["duration_ms"] - path["span_id"].map(children_ms).fillna(0.0)
+    best = own.idxmax()
+    return str(path.loc[best, "operation"]), float(own.loc[best])
 
 
 def _progress(fraction: float, events: int) -> None:

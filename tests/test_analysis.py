@@ -571,3 +571,21 @@ def test_frame_without_spans_plots_no_data() -> None:
     assert analysis.latency_by_operation(frame).empty
     texts = analysis.plot_waterfall(frame, "req-1").axes[0].texts
     assert [text.get_text() for text in texts] == ["no data"]
+
+
+def test_critical_path_includes_sequential_steps_not_parallel_ones() -> None:
+    # root(0-100): a(0-30) then b(35-60) then c(60-100); p(40-55) ran beside b.
+    frame = make_frame(
+        in_time_order(
+            operation("svc.root", 0, 100, span="r"),
+            operation("svc.a", 0, 30, span="a", parent="r"),
+            operation("svc.b", 35, 60, span="b", parent="r"),
+            operation("svc.p", 40, 55, span="p", parent="r"),
+            operation("svc.c", 60, 100, span="c", parent="r"),
+            operation("svc.c1", 70, 95, span="c1", parent="c"),
+        )
+    )
+
+    path = analysis.critical_path(frame, "req-1")
+
+    assert path["span_id"].tolist() == ["r", "a", "b", "c", "c1"]

@@ -477,7 +477,8 @@ def plot_waterfall(df: pd.DataFrame, correlation_id: str) -> Figure:
     widths = ((ends - ordered["start"]) / _MILLISECOND).to_numpy(dtype="float64")
 
     count = len(ordered)
-    figure = Figure(figsize=(9.0, max(2.5, 0.35 * count + 1.5)), layout="constrained")
+    # At most 16 inches tall: a request with hundreds of spans stays a picture, not a poster.
+    figure = Figure(figsize=(9.0, min(16.0, max(2.5, 0.35 * count + 1.5))), layout="constrained")
     axes = figure.add_subplot()
     rows = np.arange(count)
     colors = [_CRITICAL_COLOR if label in on_path else _SPAN_COLOR for label, _ in order]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import threading
 import time
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["FIXED_COLUMNS", "Collector", "capture", "collect"]
+
+logger = logging.getLogger("evkit.collector")
 
 FIXED_COLUMNS = (
     "id",
@@ -212,8 +215,24 @@ class Collector:
                 self._drop_oldest(over)
             self._lock.notify_all()
         for listener in self._listeners:
-            for event in events:
-                listener(event)
+            try:
+                for event in events:
+                    listener(event)
+            except Exception:
+                # A listener (a dashboard, say) must never stop the stream it watches.
+                logger.exception("collector listener %r failed", listener)
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener(event)`` for every event taken in, on the ingesting thread.
+
+        It must be quick and must not block (mark something dirty, count); an exception
+        it raises is logged and does not stop the collector.
+        """
+        self._listeners = [*self._listeners, listener]  # replaced, never mutated in place
+
+    def remove_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Stop calling ``listener``; unknown listeners are ignored."""
+        self._listeners = [known for known in self._listeners if known is not listener]
 
     def _drop_oldest(self, count: int) -> None:
         from_frame = min(count, self._frame_rows)
@@ -585,7 +604,9 @@ class BusCollector(Collector):
             return
         if self._correlation_id is not None and event.correlation_id != self._correlation_id:
             return
-        self._ingest(event.to_dict())
+        # No stream id in process: a broadcaster may be assigning one on its own thread
+        # right now, so it is left out rather than read half the time.
+        self._ingest({"type": event.type, "timestamp": event.timestamp, "payload": event.payload})
 
     def stop(self) -> None:
         super().stop()

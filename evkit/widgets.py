@@ -149,7 +149,7 @@ class Dashboard:
         self._listener = self._mark_dirty
         # Copy-on-write: the ingest thread iterates the list it read, never a list
         # being changed under it.
-        collector._listeners = [*collector._listeners, self._listener]
+        collector.add_listener(self._listener)
         self._stop = threading.Event()
         self.refresh()
         self._thread = threading.Thread(
@@ -286,9 +286,7 @@ class Dashboard:
         self._closed = True
         self._stop.set()
         collector = self.collector
-        collector._listeners = [
-            listener for listener in collector._listeners if listener is not self._listener
-        ]
+        collector.remove_listener(self._listener)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         for control in (

@@ -86,7 +86,10 @@ logger = logging.getLogger("evkit.server")
 
 EVENTS_PATH = "/ws/events"
 _BASE36 = string.digits + string.ascii_lowercase
-_DRAIN_CHUNK = 2_000  # events per loop turn, so handshakes and client messages keep flowing
+_DRAIN_CHUNK = 2_000  # most events per loop turn
+# Most frames written per loop turn: with many clients a turn takes fewer events, so
+# pings, handshakes, client messages and the slow-consumer check are never held for long.
+_DRAIN_DELIVERIES = 20_000
 
 
 @dataclass(frozen=True)
@@ -360,9 +363,15 @@ class Broadcaster:
     async def flush(self) -> None:
         """Hand every event published so far to its clients' connections and the store.
 
-        Returns once a durable store has committed them.
+        Returns once a durable store has committed them. The loop keeps turning between
+        chunks (events published after the call are not waited for).
         """
-        self._drain_all()
+        target = self._last_id + len(self._pending)
+        while self._last_id < target and self._pending:
+            self._drain()
+            await asyncio.sleep(0)
+        for connection in list(self._batches):
+            self._flush_batch(connection)
         await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
 
     # -- publishing (any thread) ------------------------------------------------------
@@ -429,7 +438,8 @@ class Broadcaster:
         latency_counts = stats.latency_counts
         latency_sum = 0.0
         now = time.perf_counter()
-        for _ in range(min(len(pending), _DRAIN_CHUNK)):
+        chunk = min(_DRAIN_CHUNK, max(1, _DRAIN_DELIVERIES // max(1, len(self._clients))))
+        for _ in range(min(len(pending), chunk)):
             event, correlation_id, payload_json, stamp = pending.popleft()
             type_ = event.type
             last_id += 1

@@ -425,51 +425,67 @@ class Broadcaster:
     # -- the loop side ----------------------------------------------------------------
 
     def _drain(self) -> None:
+        """Give queued events their ids, record them, and deliver them (one loop turn)."""
         self._wakeup_scheduled = False
         pending = self._pending
-        route = self._index.route
         append = self.store.append
-        batches = self._batches
         stats = self._stats
-        delivered = 0
         last_id = self._last_id
         published_by = stats.published_by_category
-        delivered_by = stats.delivered_by_category
         latency_counts = stats.latency_counts
         latency_sum = 0.0
         now = time.perf_counter()
         chunk = min(_DRAIN_CHUNK, max(1, _DRAIN_DELIVERIES // max(1, len(self._clients))))
+        records = []
         for _ in range(min(len(pending), chunk)):
             event, correlation_id, payload_json, stamp = pending.popleft()
             type_ = event.type
             last_id += 1
             event_id = str(last_id)
             event.id = event_id
-            frame = encode_event(type_, event.timestamp, event_id, payload_json)
-            append(Record(last_id, event.timestamp, type_, correlation_id, frame))
+            record = Record(
+                last_id,
+                event.timestamp,
+                type_,
+                correlation_id,
+                encode_event(type_, event.timestamp, event_id, payload_json),
+            )
+            append(record)
+            records.append(record)
             category = type_.partition(".")[0]
             published_by[category] = published_by.get(category, 0) + 1
             waited = now - stamp
             latency_sum += waited
             latency_counts[bisect.bisect_left(LATENCY_BUCKETS, waited)] += 1
-            targets = route(type_, correlation_id)
-            if targets:
-                delivered += len(targets)
-                delivered_by[category] = delivered_by.get(category, 0) + len(targets)
-                if batches:
-                    targets = self._collect_batched(targets, frame)
-                if targets:
-                    broadcast(targets, frame, text=True)
         stats.latency_sum += latency_sum
         stats.published += last_id - self._last_id
-        stats.delivered += delivered
         self._last_id = last_id
-        if batches:
-            self._schedule_batches()
-        self._evict_slow_consumers()
+        self._deliver(records)
         if pending and not self._wakeup_scheduled and self._loop is not None:
             self._wakeup_scheduled = True
             self._loop.call_soon(self._drain)
+
+    def _deliver(self, records: list[Record]) -> None:
+        """Route recorded events, in order, to the live clients that match them."""
+        route = self._index.route
+        batches = self._batches
+        stats = self._stats
+        delivered_by = stats.delivered_by_category
+        delivered = 0
+        for record in records:
+            targets = route(record.type, record.correlation_id)
+            if targets:
+                delivered += len(targets)
+                category = record.type.partition(".")[0]
+                delivered_by[category] = delivered_by.get(category, 0) + len(targets)
+                if batches:
+                    targets = self._collect_batched(targets, record.frame)
+                if targets:
+                    broadcast(targets, record.frame, text=True)
+        stats.delivered += delivered
+        if batches:
+            self._schedule_batches()
+        self._evict_slow_consumers()
 
     def _drain_all(self) -> None:
         while self._pending:

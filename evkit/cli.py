@@ -61,7 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, default=7, help="seed of the simulated services")
     serve.add_argument("--history", type=int, default=10_000, help="events kept for replay")
     serve.add_argument(
-        "--store", default="memory://", help="memory:// (default) or sqlite:///path/events.db"
+        "--store",
+        default="memory://",
+        help="memory:// (default), sqlite:///path/events.db or redis://host:6379/0 (shared)",
+    )
+    serve.add_argument(
+        "--stream", default="evkit:events", help="Redis stream key (default evkit:events)"
+    )
+    serve.add_argument(
+        "--maxlen", type=int, default=1_000_000, help="Redis stream length kept (approximate)"
     )
     serve.add_argument(
         "--token", help="require this bearer token (default: $EVKIT_TOKEN, else no auth)"
@@ -149,7 +157,15 @@ def _serve(args: argparse.Namespace) -> int:
         auth["token"] = args.token
     if args.jwt_secret:
         auth["jwt_secret"] = args.jwt_secret
-    server = evkit.serve(args.host, args.port, history_size=args.history, store=args.store, **auth)
+    server = evkit.serve(
+        args.host,
+        args.port,
+        history_size=args.history,
+        store=args.store,
+        stream=args.stream,
+        maxlen=args.maxlen,
+        **auth,
+    )
     print(
         f"evkit: serving {server.url} (health: {server.http_url}/healthz); Ctrl-C stops", flush=True
     )

@@ -79,6 +79,7 @@ from evkit.metrics import LATENCY_BUCKETS
 from evkit.patterns import SubscriptionIndex, compile_pattern, validate_patterns
 from evkit.redaction import DEFAULT_REDACT_KEYS, Redactor
 from evkit.store import Record, open_store
+from evkit.store.redis import RedisStore, StoreUnavailable
 
 __all__ = ["Broadcaster", "Server", "ServerSettings", "flush", "running_servers", "serve"]
 
@@ -87,6 +88,7 @@ logger = logging.getLogger("evkit.server")
 EVENTS_PATH = "/ws/events"
 _BASE36 = string.digits + string.ascii_lowercase
 _DRAIN_CHUNK = 2_000  # most events per loop turn
+_REDIS_REPLAY_COUNT = 500  # most entries per XRANGE of a replay
 # Most frames written per loop turn: with many clients a turn takes fewer events, so
 # pings, handshakes, client messages and the slow-consumer check are never held for long.
 _DRAIN_DELIVERIES = 20_000
@@ -104,8 +106,11 @@ class ServerSettings:
         queue_size: most events waiting between ``emit()`` and the loop; past it they are
             dropped and counted.
         history_size: events kept in memory for replay (``since``).
-        store: where history lives: ``memory://`` (a ring of ``history_size``) or
-            ``sqlite:///path/events.db`` (durable; see :func:`evkit.store.open_store`).
+        store: where history lives: ``memory://`` (a ring of ``history_size``),
+            ``sqlite:///path/events.db`` (durable) or ``redis://host:6379/0`` (a Redis
+            stream shared by several broadcasters; see :func:`evkit.store.open_store`).
+        stream: the Redis stream key (``store="redis://..."`` only).
+        maxlen: events the Redis stream keeps, trimmed approximately (Redis only).
         client_buffer_limit: bytes a client may have waiting to be sent before it is
             disconnected as a slow consumer (1013).
         compression: permessage-deflate; off by default (it costs CPU per client).
@@ -141,6 +146,8 @@ class ServerSettings:
     compression: bool = False
     ping_interval: float | None = 20.0
     store: str = "memory://"
+    stream: str = "evkit:events"
+    maxlen: int = 1_000_000
     token: str | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -171,6 +178,7 @@ class ServerSettings:
             "max_subscriptions",
             "queue_size",
             "history_size",
+            "maxlen",
             "client_buffer_limit",
             "max_connections",
             "max_connections_per_ip",
@@ -257,7 +265,12 @@ class Broadcaster:
     def __init__(self, settings: ServerSettings | None = None, bus: EventBus | None = None) -> None:
         self.settings = settings or ServerSettings()
         self.bus = bus if bus is not None else global_bus
-        self.store = open_store(self.settings.store, self.settings.history_size)
+        self.store = open_store(
+            self.settings.store,
+            self.settings.history_size,
+            stream=self.settings.stream,
+            maxlen=self.settings.maxlen,
+        )
         self.epoch = self.store.epoch
         self._index: SubscriptionIndex[ServerConnection] = SubscriptionIndex()
         self._batches: dict[ServerConnection, _Batch] = {}
@@ -297,12 +310,20 @@ class Broadcaster:
         """
         self._loop = asyncio.get_running_loop()
         settings = self.settings
+        store = self.store
         try:
-            self.store.open()
+            store.open()
         except (OSError, sqlite3.Error) as exc:
             raise ServerError(f"cannot open the store {settings.store}: {exc}") from None
-        self.epoch = self.store.epoch
-        self._last_id = self.store.last_id
+        if isinstance(store, RedisStore):
+            try:
+                await store.start(
+                    self._pending, self._deliver_read, self._count_written, self._stream_reset
+                )
+            except StoreUnavailable as exc:
+                raise ServerError(str(exc)) from None
+        self.epoch = store.epoch
+        self._last_id = store.last_id
         try:
             self._server = await websockets_serve(
                 self._handle,
@@ -321,6 +342,8 @@ class Broadcaster:
             )
         except OSError as exc:
             self.store.close()
+            if isinstance(store, RedisStore):
+                await store.aclose()
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(settings.host, settings.port) from None
             raise ServerError(
@@ -348,6 +371,17 @@ class Broadcaster:
             return
         self._closing = True
         self._drain_all()
+        store = self.store
+        if isinstance(store, RedisStore):
+            # Write what is queued, and deliver it, while there is time.
+            try:
+                await asyncio.wait_for(store.flush(), timeout / 2)
+            except TimeoutError:
+                logger.warning(
+                    "evkit broadcaster stopped with %d events not written to Redis at %s",
+                    store.health()["waiting"],
+                    store.display_url,
+                )
         server = self._server
         server.close(close_connections=False)
         closers = [
@@ -358,14 +392,22 @@ class Broadcaster:
             await asyncio.wait(closers, timeout=timeout)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), timeout)
+        if isinstance(store, RedisStore):
+            await store.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     async def flush(self) -> None:
         """Hand every event published so far to its clients' connections and the store.
 
         Returns once a durable store has committed them. The loop keeps turning between
-        chunks (events published after the call are not waited for).
+        chunks (events published after the call are not waited for). With a Redis store:
+        once they are in the stream and this instance has delivered them.
         """
+        if isinstance(self.store, RedisStore):
+            await self.store.flush()
+            for connection in list(self._batches):
+                self._flush_batch(connection)
+            return
         target = self._last_id + len(self._pending)
         while self._last_id < target and self._pending:
             self._drain()
@@ -427,6 +469,10 @@ class Broadcaster:
     def _drain(self) -> None:
         """Give queued events their ids, record them, and deliver them (one loop turn)."""
         self._wakeup_scheduled = False
+        if self.store.shared:
+            # Redis assigns the ids; what the reader reads back is delivered.
+            self.store.kick()  # type: ignore[attr-defined]
+            return
         pending = self._pending
         append = self.store.append
         stats = self._stats
@@ -464,6 +510,36 @@ class Broadcaster:
         if pending and not self._wakeup_scheduled and self._loop is not None:
             self._wakeup_scheduled = True
             self._loop.call_soon(self._drain)
+
+    def _deliver_read(self, records: list[Record]) -> None:
+        """Deliver what the Redis reader read (every instance's events, in stream order)."""
+        self._last_id = self.store.last_id
+        self._deliver(records)
+
+    def _count_written(self, items: list[tuple[Event, str | None, bytes, float]]) -> None:
+        """Count events this instance appended to the shared stream."""
+        stats = self._stats
+        published_by = stats.published_by_category
+        latency_counts = stats.latency_counts
+        now = time.perf_counter()
+        for event, _, _, stamp in items:
+            category = event.type.partition(".")[0]
+            published_by[category] = published_by.get(category, 0) + 1
+            waited = now - stamp
+            stats.latency_sum += waited
+            latency_counts[bisect.bisect_left(LATENCY_BUCKETS, waited)] += 1
+        stats.published += len(items)
+
+    def _stream_reset(self) -> None:
+        """The shared stream was lost: close every client so that its resume reports the gap."""
+        self.epoch = self.store.epoch
+        self._last_id = self.store.last_id
+        self.disconnect(code=1012, reason="event stream reset")
+        for connection in list(self._handling):  # still authenticating or catching up
+            if connection not in self._clients:
+                task = asyncio.ensure_future(connection.close(1012, "event stream reset"))
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
 
     def _deliver(self, records: list[Record]) -> None:
         """Route recorded events, in order, to the live clients that match them."""
@@ -718,11 +794,13 @@ class Broadcaster:
         )
         correlation_id = messages.validate_correlation_id(correlation_id or None)
         since = params.get("since", [None])[-1] or None
-        if since is not None and not since.isdigit():
-            raise ProtocolError(
-                "invalid_message",
-                f"since must be an event id received from this server, got {since!r}",
-            )
+        if since is not None:
+            try:
+                self.store.parse_id(since)
+            except ValueError as exc:
+                raise ProtocolError(
+                    "invalid_message", f"since must be an event id received from this server: {exc}"
+                ) from None
         epoch = params.get("epoch", [None])[-1] or None
         batch = None
         if params.get("batch"):
@@ -825,7 +903,7 @@ class Broadcaster:
                     "correlationId": correlation_id,
                     "subscriptions": patterns,
                     "epoch": self.epoch,
-                    "lastId": str(self._last_id),
+                    "lastId": self.store.format_id(self._last_id),
                 },
             ),
         )
@@ -1065,7 +1143,7 @@ class Broadcaster:
         history is sent, and the replay is reported incomplete.
         """
         try:
-            after = int(since)
+            after = self.store.parse_id(since)
         except ValueError:
             after = -1
         other_epoch = epoch is not None and epoch != self.epoch
@@ -1073,27 +1151,27 @@ class Broadcaster:
             after = 0
         # Complete when nothing after `since` has left the history, and `since` is an id
         # this stream has handed out (a larger one comes from another epoch).
-        complete = not other_epoch and self.store.first_id() - 1 <= after <= self._last_id
+        complete = not other_epoch and self.store.trimmed_through() <= after <= self._last_id
         return after, complete
 
     def _send_history(
         self,
         connection: ServerConnection,
+        records: Iterable[Record],
         after: int,
         wanted: list[Callable[[str], bool]],
         skip: list[Callable[[str], bool]],
         correlation_id: str | None,
         max_bytes: int | None = None,
     ) -> tuple[int, int, bool]:
-        """Send stored events after ``after`` that match, stopping past ``max_bytes``.
+        """Send the ``records`` (history after ``after``) that match, stopping past ``max_bytes``.
 
-        Returns how many were sent, the last id looked at, and whether the end of the
-        history was reached.
+        Returns how many were sent, the last id looked at, and whether the records ran out.
         """
         count = sent_bytes = 0
         position = after
         batch = self._batches.get(connection)
-        for record in self.store.read_after(after):
+        for record in records:
             if max_bytes is not None and sent_bytes >= max_bytes:
                 return count, position, False
             position = record.id
@@ -1122,7 +1200,7 @@ class Broadcaster:
                     "count": count,
                     "complete": complete,
                     "epoch": self.epoch,
-                    "lastId": str(self._last_id),
+                    "lastId": self.store.format_id(self._last_id),
                 },
             ),
         )
@@ -1142,7 +1220,8 @@ class Broadcaster:
         count = 0
         if wanted and after < self._last_id:
             skip = [compile_pattern(p) for p in already]
-            count = self._send_history(connection, after, wanted, skip, correlation_id)[0]
+            records = self.store.read_after(after)
+            count = self._send_history(connection, records, after, wanted, skip, correlation_id)[0]
         self._send_replayed(connection, since, count, complete)
 
     async def _replay_at_connect(
@@ -1158,7 +1237,13 @@ class Broadcaster:
         """
         assert start.since is not None
         self._stats.replays += 1
+        store = self.store
         after, complete = self._replay_plan(start.since, start.epoch)
+        if isinstance(store, RedisStore):
+            # What this instance holds in memory does not matter: Redis is asked below.
+            complete = after >= 0 and (start.epoch is None or start.epoch == self.epoch)
+            complete = complete and after <= self._last_id
+            after = max(after, 0)
         wanted = [compile_pattern(p) for p in start.patterns]
         slice_bytes = max(1, self.settings.client_buffer_limit // 4)
         count = 0
@@ -1171,12 +1256,37 @@ class Broadcaster:
                     await connection.close(1013, "slow consumer")
                     return False
                 await asyncio.sleep(0.002)
-            first = self.store.first_id()
-            if first - 1 > after:  # the stream outran this replay: history moved on
+            oldest_held = store.trimmed_through()
+            if isinstance(store, RedisStore) and after < oldest_held:
+                # Older than this instance's memory: read the shared stream.
+                try:
+                    records, trimmed = await store.read_range(after, _REDIS_REPLAY_COUNT)
+                except StoreUnavailable as exc:
+                    logger.warning("replay for a resuming client is incomplete: %s", exc)
+                    complete, after = False, oldest_held
+                    continue
+                if trimmed > after:  # Redis trimmed some of what the client missed
+                    complete = False
+                if not records:
+                    after = max(after, store.trimmed_through())
+                    continue
+                sent, after, _ = self._send_history(
+                    connection, records, after, wanted, [], start.correlation_id, slice_bytes
+                )
+                count += sent
+                self._flush_batch(connection)
+                continue
+            if oldest_held > after:  # the stream outran this replay: history moved on
                 complete = False
-                after = first - 1
+                after = oldest_held
             sent, after, finished = self._send_history(
-                connection, after, wanted, [], start.correlation_id, slice_bytes
+                connection,
+                store.read_after(after),
+                after,
+                wanted,
+                [],
+                start.correlation_id,
+                slice_bytes,
             )
             count += sent
             if finished:
@@ -1246,7 +1356,7 @@ class Broadcaster:
             "slow_consumer_disconnects": stats.slow_consumer_disconnects,
             "replays": stats.replays,
             "client_errors": dict(stats.client_errors),
-            "last_id": str(self._last_id),
+            "last_id": self.store.format_id(self._last_id),
             "epoch": self.epoch,
         }
 

@@ -4,7 +4,9 @@
 keeps every event durably with the standard library's sqlite3 (see
 :mod:`evkit.store.sqlite`). Both hand out the stream ids: ids are integers that only
 grow within one ``epoch``; a store that starts empty starts a new epoch, so a client
-can tell its ids no longer apply.
+can tell its ids no longer apply. ``redis://host:6379/0`` is a Redis stream shared by
+several broadcasters (see :mod:`evkit.store.redis`): Redis assigns the ids
+(``1764171234567-0``) and every instance delivers what it reads back.
 
 The broadcaster calls a store only from its own loop thread. ``append`` and
 ``read_after`` never wait on disk for what is recent; durable stores write in batches
@@ -21,27 +23,42 @@ from evkit.store.base import Record, Store
 from evkit.store.memory import MemoryStore
 
 if TYPE_CHECKING:
+    from evkit.store.redis import RedisStore
     from evkit.store.sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "Record", "SQLiteStore", "Store", "open_store"]
+__all__ = ["MemoryStore", "Record", "RedisStore", "SQLiteStore", "Store", "open_store"]
 
 
 def __getattr__(name: str) -> object:
-    # SQLiteStore is listed in __all__ but loads on first use, like open_store does it.
+    # Listed in __all__ but loaded on first use, like open_store does it.
     if name == "SQLiteStore":
         from evkit.store.sqlite import SQLiteStore
 
         return SQLiteStore
+    if name == "RedisStore":
+        from evkit.store.redis import RedisStore
+
+        return RedisStore
     raise AttributeError(f"module 'evkit.store' has no attribute {name!r}")
 
 
-def open_store(url: str, history_size: int = 10_000) -> Store:
+def open_store(
+    url: str,
+    history_size: int = 10_000,
+    *,
+    stream: str = "evkit:events",
+    maxlen: int = 1_000_000,
+) -> Store:
     """Make the store a URL names (not yet opened).
 
     - ``memory://`` — a ring of ``history_size`` events.
     - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with optional
       ``?max_events=N&max_age=SECONDS`` retention (default: 1,000,000 events, no age
       limit); ``history_size`` recent events are also kept in memory for fast replay.
+    - ``redis://[user:password@]host:6379/0``, ``rediss://`` (TLS) or
+      ``unix:///path/redis.sock?db=0``: the Redis stream ``stream``, trimmed to about
+      ``maxlen`` entries; redis-py reads the URL's options. ``history_size`` recent
+      events are kept in memory too.
 
     Raises:
         ValueError: an unknown scheme or a malformed option, naming what is accepted.
@@ -74,7 +91,14 @@ def open_store(url: str, history_size: int = 10_000) -> Store:
             max_events=_int_option(options, "max_events", 1_000_000),
             max_age=_seconds_option(options, "max_age"),
         )
-    raise ValueError(f"unknown store URL {url!r}; use memory:// or sqlite:///path/to/events.db")
+    if parts.scheme in ("redis", "rediss", "unix"):
+        from evkit.store.redis import RedisStore
+
+        return RedisStore(url, stream, maxlen, memory_size=history_size)
+    raise ValueError(
+        f"unknown store URL {url!r}; use memory://, sqlite:///path/to/events.db"
+        " or redis://host:6379/0"
+    )
 
 
 _OPTIONS = {"memory": ("size",), "sqlite": ("max_events", "max_age")}

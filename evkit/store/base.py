@@ -35,6 +35,30 @@ class Store(ABC):
     name: str
     epoch: str
     last_id: int
+    #: True for a stream several broadcasters share (Redis): the store assigns the ids
+    #: and every instance, the writer included, delivers what it reads back.
+    shared: bool = False
+
+    def parse_id(self, text: str) -> int:
+        """The position of the wire id ``text`` (an id this kind of store hands out).
+
+        Raises:
+            ValueError: ``text`` is not such an id.
+        """
+        if not text.isdigit():
+            raise ValueError(f"an event id of this server is a decimal number, got {text!r}")
+        return int(text)
+
+    def format_id(self, position: int) -> str:
+        """The wire id of a position (``parse_id``'s inverse)."""
+        return str(position)
+
+    def trimmed_through(self) -> int:
+        """The newest position no longer held here (0 when nothing was ever dropped).
+
+        A replay after ``since`` is complete when ``since`` is at least this.
+        """
+        return self.first_id() - 1
 
     def open(self) -> None:
         """Prepare the store (create files, read where the stream stands).

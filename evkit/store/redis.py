@@ -1,0 +1,559 @@
+"""A Redis stream shared by several broadcasters: ``redis://host:6379/0`` store URLs.
+
+Every instance appends the events emitted on it with ``XADD`` (``MAXLEN ~`` trimming)
+and reads the whole stream back with a blocking ``XREAD`` on a connection of its own;
+what it reads, in stream order, is what it delivers to its local clients. So an event
+emitted on instance A reaches the clients of B, and every client of every instance sees
+one order. The Redis stream id (``1764171234567-0``) is the event id on the wire;
+resuming (``since``) reads the stream with ``XRANGE``, on whichever instance the client
+reaches.
+
+Failures: while Redis is unreachable the broadcaster's bounded queue keeps what is
+emitted (beyond it, events are dropped and counted) and both the writer and the reader
+retry with capped exponential backoff and jitter. When Redis returns with its data the
+queue is written and the reader continues where it was: nothing is lost. When the
+stream itself was lost (Redis restarted without persistence, or the stream ends before
+where this instance had read), the epoch changes: the broadcaster closes its clients
+with 1012 so that their resume reports ``complete: false`` instead of silently missing
+events.
+
+A write whose reply was lost is retried, and may then be in the stream twice; each
+entry names its producer and a sequence number, and readers skip the repeat.
+
+This module needs the ``redis`` extra (redis-py). It is used only from the broadcaster's
+loop; its blocking-free API is the async methods below plus the :class:`Store` ones,
+which serve the instance's recent history from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from evkit import messages
+from evkit.exceptions import ProtocolError
+from evkit.store.base import Record, Store, new_epoch
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from evkit.bus import Event
+
+__all__ = ["RedisStore", "StoreUnavailable", "format_stream_id", "parse_stream_id"]
+
+logger = logging.getLogger("evkit.store.redis")
+
+_SEQ_BITS = 32
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+_WRITE_BATCH = 500  # most events per XADD transaction
+_READ_COUNT = 1000  # most entries per XREAD
+_BLOCK_MS = 2000
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 2.0
+_SEEN_PRODUCERS = 4096  # producers remembered for skipping repeated writes
+
+# Rotate the epoch only if nobody did it first: every instance that notices a lost
+# stream agrees on one new epoch.
+_ROTATE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+return redis.call('GET', KEYS[1])
+"""
+
+#: What the broadcaster's queue holds: the event, its correlation ID, its payload JSON
+#: and the moment it was queued (perf_counter).
+Pending = tuple["Event", str | None, bytes, float]
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached; the message names the URL (without password)."""
+
+
+def parse_stream_id(text: str) -> int:
+    """The position of a Redis stream id: ``"1764171234567-3"``, ``"1764171234567"`` or ``"0"``.
+
+    Raises:
+        ValueError: not a stream id.
+    """
+    ms, dash, seq = text.partition("-")
+    if not ms.isdigit() or (dash and not seq.isdigit()) or len(text) > 41:
+        raise ValueError(
+            f"an event id of this server is a Redis stream id like 1764171234567-0, got {text!r}"
+        )
+    sequence = int(seq) if dash else 0
+    if sequence > _SEQ_MASK:
+        raise ValueError(f"stream id sequence out of range in {text!r}")
+    return int(ms) << _SEQ_BITS | sequence
+
+
+def format_stream_id(position: int) -> str:
+    """The Redis stream id of a position (``parse_stream_id``'s inverse)."""
+    return f"{position >> _SEQ_BITS}-{position & _SEQ_MASK}"
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class RedisStore(Store):
+    """One Redis stream shared by every broadcaster that names it.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or
+            ``unix:///path/redis.sock``; redis-py reads every option from it.
+        stream: the stream key; the epoch lives next to it at ``<stream>:epoch``.
+        maxlen: entries the stream keeps (``XADD MAXLEN ~``: Redis trims whole nodes,
+            so a little more is kept).
+        memory_size: recent events this instance keeps in memory for fast replays.
+    """
+
+    name = "redis"
+    shared = True
+
+    def __init__(self, url: str, stream: str, maxlen: int, memory_size: int = 10_000) -> None:
+        if not stream:
+            raise ValueError("stream must be a non-empty Redis key")
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be a positive integer, got {maxlen!r}")
+        self.url = url
+        self.display_url = _redacted(url)
+        self.stream = stream
+        self.maxlen = maxlen
+        self.epoch = ""
+        self.last_id = 0  # the newest position this instance has read (and delivered)
+        self.state = "starting"
+        self.last_error: str | None = None
+        self.written = 0
+        self.read = 0
+        self.outages = 0
+        self.repeats_skipped = 0
+        self.malformed = 0
+        self.resets = 0
+        self._epoch_key = f"{stream}:epoch"
+        self._cache: deque[Record] = deque(maxlen=memory_size)
+        self._floor = 0  # every entry after this position, up to last_id, is in _cache
+        self._position = "0-0"  # where the reader's next XREAD starts
+        self._producer = os.urandom(6).hex().encode()
+        self._sequence = 0
+        self._seen: dict[bytes, int] = {}
+        self._written_position = 0  # the newest entry this instance wrote
+        self._retry: deque[tuple[int, Pending]] = deque()
+        self._writing = False
+        self._client: Redis | None = None
+        self._reader: Redis | None = None
+        self._wake: asyncio.Event | None = None
+        self._progress = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: deque[Pending] = deque()
+        self._deliver: Callable[[list[Record]], None] = lambda records: None
+        self._written: Callable[[list[Pending]], None] = lambda items: None
+        self._reset: Callable[[], None] = lambda: None
+
+    # -- ids --------------------------------------------------------------------------
+
+    def parse_id(self, text: str) -> int:
+        return parse_stream_id(text)
+
+    def format_id(self, position: int) -> str:
+        return format_stream_id(position)
+
+    # -- the Store interface: this instance's recent history, in memory -----------------
+
+    def append(self, record: Record) -> None:
+        cache = self._cache
+        if len(cache) == cache.maxlen:
+            self._floor = cache[0].id
+        cache.append(record)
+        self.last_id = record.id
+
+    def first_id(self) -> int:
+        return self._cache[0].id if self._cache else self.last_id + 1
+
+    def trimmed_through(self) -> int:
+        """What the memory cache cannot serve: older entries are read from Redis."""
+        return self._floor
+
+    def read_after(self, after: int) -> Iterator[Record]:
+        cache = self._cache
+        low, high = 0, len(cache)
+        while low < high:  # the first cached record with an id greater than `after`
+            middle = (low + high) // 2
+            if cache[middle].id <= after:
+                low = middle + 1
+            else:
+                high = middle
+        return (cache[i] for i in range(low, len(cache)))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "url": self.display_url,
+            "stream": self.stream,
+            "maxlen": self.maxlen,
+            "epoch": self.epoch,
+            "lastId": format_stream_id(self.last_id),
+            "cached": len(self._cache),
+            "written": self.written,
+            "read": self.read,
+            "waiting": len(self._pending) + len(self._retry),
+            "outages": self.outages,
+            "resets": self.resets,
+            "repeatsSkipped": self.repeats_skipped,
+            "malformed": self.malformed,
+            "lastError": self.last_error,
+        }
+
+    # -- lifecycle (on the broadcaster's loop) --------------------------------------------
+
+    async def start(
+        self,
+        pending: deque[Pending],
+        deliver: Callable[[list[Record]], None],
+        written: Callable[[list[Pending]], None],
+        reset: Callable[[], None],
+    ) -> None:
+        """Connect, learn the epoch and the recent history, then write and read in the background.
+
+        ``pending`` is the broadcaster's queue, which the writer empties; ``deliver``
+        gets what the reader reads, in order; ``written`` what was appended (ids set);
+        ``reset`` is called when the stream was lost and the epoch changed.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached or refused the commands.
+        """
+        try:
+            from redis.asyncio import BlockingConnectionPool, Redis
+        except ImportError:  # pragma: no cover - the extra is part of evkit[all]
+            raise StoreUnavailable(
+                "a redis:// store needs redis-py: pip install 'evkit[redis]'"
+            ) from None
+        from redis.exceptions import RedisError
+
+        self._pending, self._deliver, self._written, self._reset = pending, deliver, written, reset
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 10.0}
+        try:
+            pool = BlockingConnectionPool.from_url(
+                self.url, max_connections=8, timeout=10, **options
+            )
+            self._client = Redis(connection_pool=pool)
+            self._reader = Redis.from_url(self.url, single_connection_client=True, **options)
+            await self._client.ping()
+            await self._check_stream()
+            await self._load_recent()
+        except (RedisError, OSError, ValueError) as exc:
+            await self.aclose()
+            raise StoreUnavailable(f"cannot use Redis at {self.display_url}: {exc}") from None
+        self.state = "ok"
+        self._wake = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="evkit-redis-writer"),
+            asyncio.create_task(self._read_loop(), name="evkit-redis-reader"),
+        ]
+
+    def kick(self) -> None:
+        """Tell the writer the queue has events (call on the loop)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until the queue is written and this instance has read back its own writes."""
+        progress = self._progress
+        while (
+            self._pending or self._retry or self._writing or self.last_id < self._written_position
+        ):
+            self.kick()
+            progress.clear()
+            await progress.wait()  # set by the writer and the reader at every step
+
+    async def aclose(self) -> None:
+        """Stop the writer and the reader and close the connections."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # already logged by the loop that failed
+                logger.exception("evkit Redis task failed")
+        self._tasks = []
+        for client in (self._reader, self._client):
+            if client is not None:
+                try:
+                    await client.aclose()
+                except Exception as exc:  # closing a broken connection: nothing to do
+                    logger.debug("closing a Redis connection: %s", exc)
+        self._client = self._reader = None
+
+    # -- replay beyond the memory cache -----------------------------------------------------
+
+    async def read_range(self, after: int, count: int) -> tuple[list[Record], int]:
+        """Up to ``count`` entries after ``after`` (``XRANGE``), and the newest trimmed position.
+
+        Only entries this instance has already read are returned (the rest reach the
+        client live). Raises :class:`StoreUnavailable` when Redis cannot answer.
+        """
+        from redis.exceptions import RedisError, ResponseError
+
+        assert self._client is not None
+        start = "-" if after == 0 else "(" + format_stream_id(after)
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xinfo_stream(self.stream)
+                pipe.xrange(self.stream, min=start, max=format_stream_id(self.last_id), count=count)
+                info, entries = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis at {self.display_url}: {exc}") from None
+        if isinstance(entries, Exception):
+            raise StoreUnavailable(f"Redis at {self.display_url}: {entries}")
+        trimmed = 0
+        if isinstance(info, dict):
+            deleted = info.get("max-deleted-entry-id")
+            if deleted is not None:
+                trimmed = parse_stream_id(_text(deleted))
+        elif not (isinstance(info, ResponseError) and "no such key" in str(info)):
+            raise StoreUnavailable(f"Redis at {self.display_url}: {info}")
+        records, _ = self._parse(entries or [], {})
+        return records, trimmed
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        from redis.exceptions import RedisError
+
+        assert self._wake is not None
+        backoff = _BACKOFF_FIRST
+        while True:
+            if not (self._pending or self._retry):
+                await self._wake.wait()
+            self._wake.clear()
+            batch = self._take_batch()
+            if not batch:
+                continue
+            self._writing = True
+            try:
+                ids = await self._append(batch)
+            except (RedisError, OSError) as exc:
+                self._retry.extendleft(reversed(batch))
+                self._writing = False
+                self._progress.set()
+                self._failed("writing", exc)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            self._writing = False
+            backoff = _BACKOFF_FIRST
+            self._recovered()
+            items = []
+            for (_, item), raw_id in zip(batch, ids, strict=True):
+                item[0].id = _text(raw_id)
+                items.append(item)
+            self._written_position = max(self._written_position, parse_stream_id(_text(ids[-1])))
+            self.written += len(items)
+            self._written(items)
+            self._progress.set()
+
+    def _take_batch(self) -> list[tuple[int, Pending]]:
+        retry, pending = self._retry, self._pending
+        batch: list[tuple[int, Pending]] = []
+        while retry and len(batch) < _WRITE_BATCH:
+            batch.append(retry.popleft())
+        while pending and len(batch) < _WRITE_BATCH:
+            self._sequence += 1
+            batch.append((self._sequence, pending.popleft()))
+        return batch
+
+    async def _append(self, batch: list[tuple[int, Pending]]) -> list[Any]:
+        assert self._client is not None
+        producer = self._producer
+        async with self._client.pipeline(transaction=True) as pipe:
+            for sequence, (event, correlation_id, payload_json, _) in batch:
+                fields: dict[bytes, bytes | str | int] = {
+                    b"t": event.type,
+                    b"ts": event.timestamp,
+                    b"p": payload_json,
+                    b"o": b"%b:%d" % (producer, sequence),
+                }
+                if correlation_id is not None:
+                    fields[b"c"] = correlation_id
+                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            return list(await pipe.execute())
+
+    # -- the reader ---------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        from redis.exceptions import RedisError
+
+        assert self._reader is not None
+        backoff = _BACKOFF_FIRST
+        check = False
+        while True:
+            try:
+                if check:
+                    await self._check_stream()
+                    check = False
+                reply: Any = await self._reader.xread(
+                    {self.stream: self._position}, count=_READ_COUNT, block=_BLOCK_MS
+                )
+            except (RedisError, OSError) as exc:
+                self._failed("reading", exc)
+                check = True
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            backoff = _BACKOFF_FIRST
+            self._recovered()
+            if not reply:
+                continue
+            entries = reply[0][1]
+            records, newest = self._parse(entries, self._seen)
+            self._position = newest
+            self.read += len(records)
+            append = self.append
+            for record in records:
+                append(record)
+            self.last_id = max(self.last_id, parse_stream_id(newest))
+            if records:
+                self._deliver(records)
+            self._progress.set()
+
+    def _parse(
+        self, entries: list[tuple[Any, dict[bytes, bytes]]], seen: dict[bytes, int]
+    ) -> tuple[list[Record], str]:
+        """Records of stream entries, skipping repeated writes; and the last entry's id."""
+        records = []
+        newest = self._position
+        for raw_id, fields in entries:
+            newest = _text(raw_id)
+            origin = fields.get(b"o")
+            if origin is not None:
+                producer, _, number = origin.rpartition(b":")
+                sequence = int(number) if number.isdigit() else 0
+                if sequence <= seen.get(producer, 0):
+                    self.repeats_skipped += 1
+                    continue
+                if len(seen) >= _SEEN_PRODUCERS and producer not in seen:
+                    del seen[next(iter(seen))]
+                seen[producer] = sequence
+            try:
+                type_ = fields[b"t"].decode()
+                timestamp = int(fields[b"ts"])
+                payload_json = fields[b"p"]
+                correlation = fields.get(b"c")
+                if origin is None:  # not written by evkit: check what would reach clients
+                    messages.validate_event_type(type_)
+                    if not isinstance(orjson.loads(payload_json), dict):
+                        raise ValueError("payload is not a JSON object")
+                    if correlation is not None:
+                        messages.validate_correlation_id(correlation.decode())
+            except (KeyError, ValueError, ProtocolError) as exc:
+                self.malformed += 1
+                if self.malformed == 1 or self.malformed % 10_000 == 0:
+                    logger.warning(
+                        "skipped a malformed entry %s in Redis stream %s (%d so far): %r",
+                        newest,
+                        self.stream,
+                        self.malformed,
+                        exc,
+                    )
+                continue
+            records.append(
+                Record(
+                    parse_stream_id(newest),
+                    timestamp,
+                    type_,
+                    correlation.decode() if correlation is not None else None,
+                    messages.encode_event(type_, timestamp, newest, payload_json),
+                )
+            )
+        return records, newest
+
+    # -- epoch, recent history, health ----------------------------------------------------------
+
+    async def _check_stream(self) -> None:
+        """Learn the epoch; when the stream was lost, start a new one and reset."""
+        assert self._client is not None
+        client = self._client
+        await client.set(self._epoch_key, new_epoch(), nx=True)
+        epoch = _text(await client.get(self._epoch_key))
+        last_generated = await self._last_generated()
+        if self.epoch and epoch == self.epoch and self.last_id > last_generated:
+            # The stream ends before what this instance read: Redis lost its tail.
+            rotated = await client.eval(_ROTATE, 1, self._epoch_key, epoch, new_epoch())
+            epoch = _text(rotated)
+        if not self.epoch:
+            self.epoch = epoch
+        elif epoch != self.epoch:
+            logger.warning(
+                "Redis stream %s was lost (epoch %s -> %s): clients resume with complete=false",
+                self.stream,
+                self.epoch,
+                epoch,
+            )
+            self.epoch = epoch
+            self.resets += 1
+            self._cache.clear()
+            self._floor = 0
+            self.last_id = 0
+            self._position = "0-0"
+            self._seen.clear()
+            self._written_position = 0
+            self._reset()
+
+    async def _last_generated(self) -> int:
+        from redis.exceptions import ResponseError
+
+        assert self._client is not None
+        try:
+            info = await self._client.xinfo_stream(self.stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc):
+                return 0
+            raise
+        return parse_stream_id(_text(info["last-generated-id"]))
+
+    async def _load_recent(self) -> None:
+        """Fill the memory cache with the newest entries and read on from the stream's end."""
+        assert self._client is not None
+        last_generated = await self._last_generated()
+        self._position = format_stream_id(last_generated)
+        entries: Any = await self._client.xrevrange(
+            self.stream, max=self._position, count=self._cache.maxlen
+        )
+        entries.reverse()
+        records, _ = self._parse(entries, self._seen)
+        self._cache.clear()
+        for record in records:
+            self._cache.append(record)
+        self._floor = records[0].id - 1 if records else last_generated
+        self.last_id = last_generated
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        message = f"{what} {self.display_url}: {type(exc).__name__}: {exc}"
+        if self.state != "error":
+            logger.warning("evkit lost Redis (%s); retrying with backoff", message)
+            self.outages += 1
+        self.state = "error"
+        self.last_error = message
+
+    def _recovered(self) -> None:
+        if self.state == "error":
+            logger.warning("evkit reached Redis at %s again", self.display_url)
+        self.state = "ok"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -564,8 +564,10 @@ class Broadcaster:
         self._evict_slow_consumers()
 
     def _drain_all(self) -> None:
-        while self._pending:
+        while self._pending and not self.store.shared:
             self._drain()
+        if self.store.shared:
+            self.store.kick()  # type: ignore[attr-defined]
         for connection in list(self._batches):
             self._flush_batch(connection)
 
@@ -1025,13 +1027,15 @@ class Broadcaster:
         except ProtocolError as exc:
             self._reject(connection, state, exc)
 
-    def handle_post(
+    async def handle_post(
         self, target: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, Any]]:
         """Answer ``POST /events``: one event or a list; 202 with their ids, or why not.
 
         Runs on the loop. The events are emitted on this broadcaster's bus (so local
         handlers see them too) and handed out before the answer, so the ids are known.
+        With a Redis store the answer waits (up to 2 s) for Redis to assign them; while
+        Redis is unreachable the events stay queued and the ids are null.
         """
         url = urlsplit(target)
         if url.path != "/events":
@@ -1087,6 +1091,8 @@ class Broadcaster:
             if event.id is None and not any(e is event for e, *_ in self._pending):
                 self.publish(event)  # this broadcaster is not attached to its bus
         self._drain_all()
+        if isinstance(self.store, RedisStore):
+            await self.store.wait_for_ids(emitted, timeout=2.0)
         return 202, {"ids": [event.id for event in emitted]}
 
     def _check_publish(self, principal: Principal) -> None:
@@ -1416,8 +1422,14 @@ class _HTTPPostConnection(ServerConnection):
         parts = lines[0].split(" ")
         target = parts[1] if len(parts) > 1 else "/"
         body = bytes(buffer[body_start : body_start + length])
-        status, answer = self.broadcaster.handle_post(target, headers, body)
-        self._answer(status, answer)
+        task = asyncio.ensure_future(self._answer_post(target, headers, body))
+        self.broadcaster._closers.add(task)
+        task.add_done_callback(self.broadcaster._closers.discard)
+
+    async def _answer_post(self, target: str, headers: dict[str, str], body: bytes) -> None:
+        status, answer = await self.broadcaster.handle_post(target, headers, body)
+        if not self.transport.is_closing():
+            self._answer(status, answer)
 
     def _answer(self, status: int, body: dict[str, Any]) -> None:
         self._evkit_mode = "answered"

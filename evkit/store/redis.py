@@ -28,6 +28,7 @@ which serve the instance's recent history from memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -88,6 +89,8 @@ def parse_stream_id(text: str) -> int:
             f"an event id of this server is a Redis stream id like 1764171234567-0, got {text!r}"
         )
     sequence = int(seq) if dash else 0
+    if int(ms) >= 1 << 64:
+        raise ValueError(f"stream id milliseconds out of range in {text!r}")
     if sequence > _SEQ_MASK:
         raise ValueError(f"stream id sequence out of range in {text!r}")
     return int(ms) << _SEQ_BITS | sequence
@@ -277,6 +280,19 @@ class RedisStore(Store):
             self.kick()
             progress.clear()
             await progress.wait()  # set by the writer and the reader at every step
+
+    async def wait_for_ids(self, events: list[Event], timeout: float) -> None:
+        """Wait until Redis gave every one of ``events`` its id, or ``timeout`` passed."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        progress = self._progress
+        while any(event.id is None for event in events):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            self.kick()
+            progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), remaining)
 
     async def aclose(self) -> None:
         """Stop the writer and the reader and close the connections."""

@@ -112,3 +112,14 @@ class _SnapshotCollector:
         yield GaugeMetricFamily(
             "evkit_store_up", "1 while the store reports no error", s["store_up"]
         )
+        yield counter(
+            "evkit_store_outages",
+            "Times the store became unreachable (Redis)",
+            None,
+            s["store_outages"],
+        )
+        yield GaugeMetricFamily(
+            "evkit_events_waiting",
+            "Events emitted and not yet handed out (queued, or waiting for Redis)",
+            s["waiting"],
+        )

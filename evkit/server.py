@@ -1331,6 +1331,7 @@ class Broadcaster:
     def metrics_snapshot(self) -> dict[str, Any]:
         """The counters ``/metrics`` exposes (see :mod:`evkit.metrics`)."""
         stats = self._stats
+        store = self.store.health()
         with self._drop_lock:
             dropped = dict(self._dropped_by_category)
         return {
@@ -1345,7 +1346,9 @@ class Broadcaster:
             "replays": stats.replays,
             "client_errors": dict(stats.client_errors),
             "latency": (list(stats.latency_counts), stats.latency_sum),
-            "store_up": 1 if self.store.health()["state"] == "ok" else 0,
+            "store_up": 1 if store["state"] == "ok" else 0,
+            "store_outages": store.get("outages", 0),
+            "waiting": store.get("waiting", len(self._pending)),
         }
 
     def stats(self) -> dict[str, Any]:

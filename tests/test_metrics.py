@@ -76,6 +76,8 @@ def test_metrics_count_connections_events_errors_and_replays() -> None:
     assert value(empty, "evkit_connections") == 0
     assert value(empty, "evkit_connections_total") == 0
     assert value(empty, "evkit_store_up") == 1
+    assert value(empty, "evkit_store_outages_total") == 0
+    assert value(empty, "evkit_events_waiting") == 0
     check_histogram(empty, 0)
 
     async def scenario() -> None:

@@ -318,7 +318,11 @@ class Broadcaster:
         if isinstance(store, RedisStore):
             try:
                 await store.start(
-                    self._pending, self._deliver_read, self._count_written, self._stream_reset
+                    self._pending,
+                    self._deliver_read,
+                    self._count_written,
+                    functools.partial(self._stream_broken, "event stream reset"),
+                    functools.partial(self._stream_broken, "event stream gap"),
                 )
             except StoreUnavailable as exc:
                 raise ServerError(str(exc)) from None
@@ -530,14 +534,17 @@ class Broadcaster:
             latency_counts[bisect.bisect_left(LATENCY_BUCKETS, waited)] += 1
         stats.published += len(items)
 
-    def _stream_reset(self) -> None:
-        """The shared stream was lost: close every client so that its resume reports the gap."""
+    def _stream_broken(self, reason: str) -> None:
+        """The shared stream was lost or outran this instance: close every client (1012).
+
+        Its resume then reports ``complete: false``: a gap is never silent.
+        """
         self.epoch = self.store.epoch
         self._last_id = self.store.last_id
-        self.disconnect(code=1012, reason="event stream reset")
+        self.disconnect(code=1012, reason=reason)
         for connection in list(self._handling):  # still authenticating or catching up
             if connection not in self._clients:
-                task = asyncio.ensure_future(connection.close(1012, "event stream reset"))
+                task = asyncio.ensure_future(connection.close(1012, reason))
                 self._closers.add(task)
                 task.add_done_callback(self._closers.discard)
 

@@ -119,7 +119,8 @@ class RedisStore(Store):
         stream: the stream key; the epoch lives next to it at ``<stream>:epoch``.
         maxlen: entries the stream keeps (``XADD MAXLEN ~``: Redis trims whole nodes,
             so a little more is kept).
-        memory_size: recent events this instance keeps in memory for fast replays.
+        memory_size: recent events this instance keeps in memory for fast replays (at
+            most ``maxlen``).
     """
 
     name = "redis"
@@ -144,8 +145,12 @@ class RedisStore(Store):
         self.repeats_skipped = 0
         self.malformed = 0
         self.resets = 0
+        self.gaps = 0
+        self.missed = 0
+        self._index = 0  # how many entries the stream had added up to the reader's position
         self._epoch_key = f"{stream}:epoch"
-        self._cache: deque[Record] = deque(maxlen=memory_size)
+        # Never more than the stream keeps: every instance serves the same history.
+        self._cache: deque[Record] = deque(maxlen=min(memory_size, maxlen))
         self._floor = 0  # every entry after this position, up to last_id, is in _cache
         self._position = "0-0"  # where the reader's next XREAD starts
         self._producer = os.urandom(6).hex().encode()
@@ -163,6 +168,7 @@ class RedisStore(Store):
         self._deliver: Callable[[list[Record]], None] = lambda records: None
         self._written: Callable[[list[Pending]], None] = lambda items: None
         self._reset: Callable[[], None] = lambda: None
+        self._gap: Callable[[], None] = lambda: None
 
     # -- ids --------------------------------------------------------------------------
 
@@ -214,6 +220,8 @@ class RedisStore(Store):
             "waiting": len(self._pending) + len(self._retry),
             "outages": self.outages,
             "resets": self.resets,
+            "gaps": self.gaps,
+            "missed": self.missed,
             "repeatsSkipped": self.repeats_skipped,
             "malformed": self.malformed,
             "lastError": self.last_error,
@@ -227,12 +235,14 @@ class RedisStore(Store):
         deliver: Callable[[list[Record]], None],
         written: Callable[[list[Pending]], None],
         reset: Callable[[], None],
+        gap: Callable[[], None],
     ) -> None:
         """Connect, learn the epoch and the recent history, then write and read in the background.
 
         ``pending`` is the broadcaster's queue, which the writer empties; ``deliver``
         gets what the reader reads, in order; ``written`` what was appended (ids set);
-        ``reset`` is called when the stream was lost and the epoch changed.
+        ``reset`` is called when the stream was lost and the epoch changed, ``gap`` when
+        entries were trimmed before this instance read them.
 
         Raises:
             StoreUnavailable: Redis cannot be reached or refused the commands.
@@ -245,7 +255,8 @@ class RedisStore(Store):
             ) from None
         from redis.exceptions import RedisError
 
-        self._pending, self._deliver, self._written, self._reset = pending, deliver, written, reset
+        self._pending, self._deliver, self._written = pending, deliver, written
+        self._reset, self._gap = reset, gap
         options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 10.0}
         try:
             pool = BlockingConnectionPool.from_url(
@@ -317,7 +328,12 @@ class RedisStore(Store):
     # -- replay beyond the memory cache -----------------------------------------------------
 
     async def read_range(self, after: int, count: int) -> tuple[list[Record], int]:
-        """Up to ``count`` entries after ``after`` (``XRANGE``), and the newest trimmed position.
+        """Up to ``count`` entries after ``after`` (``XRANGE``), and where trimming reached.
+
+        The second value is the position just before the stream's first entry when
+        anything was ever trimmed (else 0): a replay after an older position may have
+        missed something. It errs on the side of reporting a gap: when the entry the
+        client saw last has just been trimmed, nothing after it may have been.
 
         Only entries this instance has already read are returned (the rest reach the
         client live). Raises :class:`StoreUnavailable` when Redis cannot answer.
@@ -337,9 +353,7 @@ class RedisStore(Store):
             raise StoreUnavailable(f"Redis at {self.display_url}: {entries}")
         trimmed = 0
         if isinstance(info, dict):
-            deleted = info.get("max-deleted-entry-id")
-            if deleted is not None:
-                trimmed = parse_stream_id(_text(deleted))
+            trimmed = _trimmed_through(info)
         elif not (isinstance(info, ResponseError) and "no such key" in str(info)):
             raise StoreUnavailable(f"Redis at {self.display_url}: {info}")
         records, _ = self._parse(entries or [], {})
@@ -411,9 +425,19 @@ class RedisStore(Store):
     # -- the reader ---------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        """Read the stream in order and deliver it; notice when trimming outran this reader.
+
+        Entries are read in a transaction with ``XINFO STREAM``, whose ``entries-added``
+        and ``length`` give the index of the stream's first entry at the same instant;
+        the reader counts the entries it has read, so when that index lies past the
+        next one it expects, entries were trimmed before this instance read them. A
+        blocking ``XREAD`` only waits for the stream to grow. (Entries are removed only
+        by trimming: nothing else may ``XDEL`` from an evkit stream.)
+        """
         from redis.exceptions import RedisError
 
         assert self._reader is not None
+        reader = self._reader
         backoff = _BACKOFF_FIRST
         check = False
         while True:
@@ -421,9 +445,14 @@ class RedisStore(Store):
                 if check:
                     await self._check_stream()
                     check = False
-                reply: Any = await self._reader.xread(
-                    {self.stream: self._position}, count=_READ_COUNT, block=_BLOCK_MS
-                )
+                async with reader.pipeline(transaction=True) as pipe:
+                    pipe.xinfo_stream(self.stream)
+                    pipe.xread({self.stream: self._position}, count=_READ_COUNT)
+                    info, reply = await pipe.execute(raise_on_error=False)
+                if isinstance(reply, Exception):
+                    raise reply
+                if not reply:  # nothing new: wait until the stream grows
+                    await reader.xread({self.stream: self._position}, count=1, block=_BLOCK_MS)
             except (RedisError, OSError) as exc:
                 self._failed("reading", exc)
                 check = True
@@ -435,6 +464,12 @@ class RedisStore(Store):
             if not reply:
                 continue
             entries = reply[0][1]
+            if isinstance(info, dict):
+                first_index = int(info["entries-added"]) - int(info["length"]) + 1
+                if first_index > self._index + 1:
+                    self._fell_behind(_trimmed_through(info), first_index - self._index - 1)
+                    self._index = first_index - 1
+            self._index += len(entries)
             records, newest = self._parse(entries, self._seen)
             self._position = newest
             self.read += len(records)
@@ -445,6 +480,24 @@ class RedisStore(Store):
             if records:
                 self._deliver(records)
             self._progress.set()
+
+    def _fell_behind(self, trimmed: int, missed: int) -> None:
+        """``missed`` entries, up to ``trimmed``, left the stream before this instance read them."""
+        self.gaps += 1
+        self.missed += missed
+        logger.warning(
+            "Redis stream %s was trimmed past this instance's reader (%d entries after %s never"
+            " read): raise maxlen; clients are closed and resume with complete=false",
+            self.stream,
+            missed,
+            self._position,
+        )
+        # What is held in memory stops at the gap: replays older than it go to Redis,
+        # which reports them incomplete.
+        self._cache.clear()
+        self._floor = trimmed
+        self.last_id = max(self.last_id, trimmed)
+        self._gap()
 
     def _parse(
         self, entries: list[tuple[Any, dict[bytes, bytes]]], seen: dict[bytes, int]
@@ -505,8 +558,12 @@ class RedisStore(Store):
         client = self._client
         await client.set(self._epoch_key, new_epoch(), nx=True)
         epoch = _text(await client.get(self._epoch_key))
-        last_generated = await self._last_generated()
-        if self.epoch and epoch == self.epoch and self.last_id > last_generated:
+        last_generated, added = await self._stream_info()
+        if (
+            self.epoch
+            and epoch == self.epoch
+            and (self.last_id > last_generated or self._index > added)
+        ):
             # The stream ends before what this instance read: Redis lost its tail.
             rotated = await client.eval(_ROTATE, 1, self._epoch_key, epoch, new_epoch())
             epoch = _text(rotated)
@@ -527,9 +584,11 @@ class RedisStore(Store):
             self._position = "0-0"
             self._seen.clear()
             self._written_position = 0
+            self._index = 0
             self._reset()
 
-    async def _last_generated(self) -> int:
+    async def _stream_info(self) -> tuple[int, int]:
+        """The stream's last generated position and how many entries it ever added."""
         from redis.exceptions import ResponseError
 
         assert self._client is not None
@@ -537,18 +596,29 @@ class RedisStore(Store):
             info = await self._client.xinfo_stream(self.stream)
         except ResponseError as exc:
             if "no such key" in str(exc):
-                return 0
+                return 0, 0
             raise
-        return parse_stream_id(_text(info["last-generated-id"]))
+        return parse_stream_id(_text(info["last-generated-id"])), int(info["entries-added"])
 
     async def _load_recent(self) -> None:
         """Fill the memory cache with the newest entries and read on from the stream's end."""
+        from redis.exceptions import ResponseError
+
         assert self._client is not None
-        last_generated = await self._last_generated()
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xinfo_stream(self.stream)
+            pipe.xrevrange(self.stream, count=self._cache.maxlen)
+            info, entries = await pipe.execute(raise_on_error=False)
+        if isinstance(info, dict):
+            last_generated = parse_stream_id(_text(info["last-generated-id"]))
+            self._index = int(info["entries-added"])
+        elif isinstance(info, ResponseError) and "no such key" in str(info):
+            last_generated, self._index, entries = 0, 0, []
+        else:
+            raise info
+        if isinstance(entries, Exception):
+            raise entries
         self._position = format_stream_id(last_generated)
-        entries: Any = await self._client.xrevrange(
-            self.stream, max=self._position, count=self._cache.maxlen
-        )
         entries.reverse()
         records, _ = self._parse(entries, self._seen)
         self._cache.clear()
@@ -569,6 +639,16 @@ class RedisStore(Store):
         if self.state == "error":
             logger.warning("evkit reached Redis at %s again", self.display_url)
         self.state = "ok"
+
+
+def _trimmed_through(info: dict[str, Any]) -> int:
+    """From ``XINFO STREAM``: the position before the first entry if anything was trimmed, else 0."""
+    if int(info["entries-added"]) <= int(info["length"]):
+        return 0
+    first = info.get("recorded-first-entry-id")
+    if first is None:
+        return parse_stream_id(_text(info["last-generated-id"]))
+    return parse_stream_id(_text(first)) - 1
 
 
 def _text(value: Any) -> str:

@@ -39,3 +39,21 @@ def _no_leaked_servers() -> Iterator[None]:
     yield
     for srv in evkit.running_servers():
         srv.stop()
+
+
+@pytest.fixture
+def redis_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    """A real ``redis-server`` of this test alone (tests/redis_support.py), killed afterwards.
+
+    Persistent (AOF, fsync always) unless parametrized indirectly with
+    ``{"persistence": False}``. Skips, or fails under ``EVKIT_REQUIRE_SERVICES=1``,
+    when the binary is missing.
+    """
+    from tests.redis_support import REDIS_MISSING, RedisServer, redis_available
+
+    require_service(redis_available(), REDIS_MISSING)
+    options = getattr(request, "param", None) or {}
+    with RedisServer(tmp_path_factory.mktemp("redis"), **options) as redis_server:
+        yield redis_server

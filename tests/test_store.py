@@ -221,7 +221,10 @@ def test_open_store_sqlite_retention_options(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis-cluster://localhost", r"unknown store URL .*use memory://, sqlite:///.* or redis://"),
+        (
+            "redis-cluster://localhost",
+            r"unknown store URL .*use memory://, sqlite:///.* or redis://",
+        ),
         ("memory", r"unknown store URL 'memory'"),
         ("", r"unknown store URL ''"),
         ("sqlite://", r"names no file; use sqlite:///events.db"),

@@ -45,6 +45,7 @@ from evkit.store.base import Record, Store, new_epoch
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
 
     from evkit.bus import Event
 
@@ -63,6 +64,25 @@ _SEEN_PRODUCERS = 4096  # producers remembered for skipping repeated writes
 
 # Rotate the epoch only if nobody did it first: every instance that notices a lost
 # stream agrees on one new epoch.
+# XADD every event of a batch. ARGV: maxlen, then per event a header
+# "<type> <timestamp> <producer:sequence> <correlation ID or nothing>" and the payload
+# JSON (two arguments per event keep the command cheap to encode). Returns the ids.
+_APPEND = """
+local ids = {}
+local maxlen = ARGV[1]
+for i = 2, #ARGV, 2 do
+  local t, ts, o, c = string.match(ARGV[i], '^(%S+) (%d+) (%S+) (.*)$')
+  if c == '' then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+      't', t, 'ts', ts, 'p', ARGV[i + 1], 'o', o)
+  else
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+      't', t, 'ts', ts, 'c', c, 'p', ARGV[i + 1], 'o', o)
+  end
+end
+return ids
+"""
+
 _ROTATE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
 return redis.call('GET', KEYS[1])
@@ -160,6 +180,7 @@ class RedisStore(Store):
         self._retry: deque[tuple[int, Pending]] = deque()
         self._writing = False
         self._client: Redis | None = None
+        self._append_script: AsyncScript | None = None
         self._reader: Redis | None = None
         self._wake: asyncio.Event | None = None
         self._progress = asyncio.Event()
@@ -265,6 +286,7 @@ class RedisStore(Store):
             self._client = Redis(connection_pool=pool)
             self._reader = Redis.from_url(self.url, single_connection_client=True, **options)
             await self._client.ping()
+            self._append_script = self._client.register_script(_APPEND)
             await self._check_stream()
             await self._load_recent()
         except (RedisError, OSError, ValueError) as exc:
@@ -306,21 +328,19 @@ class RedisStore(Store):
                 await asyncio.wait_for(progress.wait(), remaining)
 
     async def aclose(self) -> None:
-        """Stop the writer and the reader and close the connections."""
-        for task in self._tasks:
+        """Stop the writer and the reader and close the connections (within a few seconds)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # already logged by the loop that failed
-                logger.exception("evkit Redis task failed")
-        self._tasks = []
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                logger.error("evkit Redis task failed: %r", task.exception())
         for client in (self._reader, self._client):
             if client is not None:
                 try:
-                    await client.aclose()
+                    await asyncio.wait_for(client.aclose(), 2.0)
                 except Exception as exc:  # closing a broken connection: nothing to do
                     logger.debug("closing a Redis connection: %s", exc)
         self._client = self._reader = None
@@ -407,20 +427,16 @@ class RedisStore(Store):
         return batch
 
     async def _append(self, batch: list[tuple[int, Pending]]) -> list[Any]:
-        assert self._client is not None
+        """XADD a batch in one script call: atomic, and one command to encode, not hundreds."""
+        assert self._append_script is not None
         producer = self._producer
-        async with self._client.pipeline(transaction=True) as pipe:
-            for sequence, (event, correlation_id, payload_json, _) in batch:
-                fields: dict[bytes, bytes | str | int] = {
-                    b"t": event.type,
-                    b"ts": event.timestamp,
-                    b"p": payload_json,
-                    b"o": b"%b:%d" % (producer, sequence),
-                }
-                if correlation_id is not None:
-                    fields[b"c"] = correlation_id
-                pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-            return list(await pipe.execute())
+        args: list[bytes | int] = [self.maxlen]
+        for sequence, (event, correlation_id, payload_json, _) in batch:
+            header = b"%s %d %b:%d " % (event.type.encode(), event.timestamp, producer, sequence)
+            if correlation_id is not None:
+                header += correlation_id.encode()
+            args += (header, payload_json)
+        return list(await self._append_script(keys=[self.stream], args=args))
 
     # -- the reader ---------------------------------------------------------------------------
 

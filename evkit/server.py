@@ -288,6 +288,11 @@ class _WriteState:
     plans_by_route: dict[tuple[str, str | None], _WritePlan] = field(default_factory=dict)
     # Connections a write found lost or past the buffer limit, to act on after the writes.
     suspects: list[ServerConnection] = field(default_factory=list)
+    # While a _deliver call runs, every frame it sends (batches included) waits here, so
+    # that each connection gets one write at its end: plain frames, and messages for
+    # connections that compress.
+    pending: dict[ServerConnection, list[bytes]] | None = None
+    deflated: dict[ServerConnection, list[bytes]] | None = None
     timer: asyncio.TimerHandle | None = None
     timer_at: float = 0.0
 
@@ -551,44 +556,50 @@ class Broadcaster:
     def _deliver(self, records: list[Record]) -> None:
         """Route recorded events, in order, to the live clients that match them.
 
-        Each event is framed once. Every unbatched connection gets one write for the
-        whole call, holding its frames in stream order; batched clients' events join
-        their batch groups.
+        Each event is framed once. Every connection gets one write for the whole call,
+        holding its frames (events, or batches of batched clients) in stream order.
         """
         route = self._index.route
-        plans = self._writes.plans
-        pending: dict[ServerConnection, list[bytes]] = {}  # plain connection -> frames
-        deflated: dict[ServerConnection, list[bytes]] = {}  # compressed one -> messages
+        writes = self._writes
+        plans = writes.plans
+        pending: dict[ServerConnection, list[bytes]] = {}
+        deflated: dict[ServerConnection, list[bytes]] = {}
+        writes.pending, writes.deflated = pending, deflated
         # A run: consecutive events with the same plain recipients, joined once for all.
         run_to: list[ServerConnection] = []
         run: list[bytes] = []
         delivered_by_type: dict[str, int] = {}
         now = -1.0
-        for record in records:
-            targets = route(record.type, record.correlation_id)
-            if not targets:
-                continue
-            type_ = record.type
-            delivered_by_type[type_] = delivered_by_type.get(type_, 0) + len(targets)
-            plan = plans.get(id(targets))
-            if plan is None or plan.recipients is not targets:
-                plan = self._write_plan(targets, record)
-            if plan.plain:
-                if plan.plain is not run_to:
-                    if run:
-                        _spread(run, run_to, pending)
-                        run = []
-                    run_to = plan.plain
-                run.append(_text_frame(record.frame))
-            for connection in plan.deflate:
-                deflated.setdefault(connection, []).append(record.frame)
-            if plan.groups:
-                if now < 0:
-                    assert self._loop is not None
-                    now = self._loop.time()
-                self._collect_batched(plan.groups, record.frame, now)
-        if run:
-            _spread(run, run_to, pending)
+        try:
+            for record in records:
+                targets = route(record.type, record.correlation_id)
+                if not targets:
+                    continue
+                type_ = record.type
+                delivered_by_type[type_] = delivered_by_type.get(type_, 0) + len(targets)
+                plan = plans.get(id(targets))
+                if plan is None or plan.recipients is not targets:
+                    plan = self._write_plan(targets, record)
+                if plan.plain:
+                    if plan.plain is not run_to:
+                        if run:
+                            _spread(run, run_to, pending)
+                            run = []
+                        run_to = plan.plain
+                    run.append(_text_frame(record.frame))
+                for connection in plan.deflate:
+                    deflated.setdefault(connection, []).append(record.frame)
+                if plan.groups:
+                    if now < 0:
+                        assert self._loop is not None
+                        now = self._loop.time()
+                    self._collect_batched(plan.groups, record.frame, now)
+            if run:
+                _spread(run, run_to, pending)
+            if writes.due:
+                self._schedule_batches()
+        finally:
+            writes.pending = writes.deflated = None
         if pending or deflated:
             self._write_pending(pending, deflated)
         if delivered_by_type:
@@ -597,8 +608,6 @@ class Broadcaster:
                 category = type_.partition(".")[0]
                 delivered_by[category] = delivered_by.get(category, 0) + count
             self._stats.delivered += sum(delivered_by_type.values())
-        if self._writes.due:
-            self._schedule_batches()
         self._evict_slow_consumers()
 
     def _write_plan(self, recipients: list[ServerConnection], record: Record) -> _WritePlan:
@@ -662,10 +671,23 @@ class Broadcaster:
                 self._write_message((connection,), message)
 
     def _write_message(self, connections: Iterable[ServerConnection], message: bytes) -> None:
-        """Write one text message to each connection; framed once for all uncompressed ones."""
-        limit = self.settings.client_buffer_limit
-        suspects = self._writes.suspects
+        """Write one text message to each connection; framed once for all uncompressed ones.
+
+        During a ``_deliver`` call it joins that call's writes instead.
+        """
+        writes = self._writes
         frame = b""
+        if writes.pending is not None and writes.deflated is not None:
+            for connection in connections:
+                if connection.protocol.extensions:
+                    writes.deflated.setdefault(connection, []).append(message)
+                else:
+                    if not frame:
+                        frame = _text_frame(message)
+                    writes.pending.setdefault(connection, []).append(frame)
+            return
+        limit = self.settings.client_buffer_limit
+        suspects = writes.suspects
         for connection in connections:
             transport = connection.transport
             if transport.is_closing():

@@ -259,8 +259,9 @@ class _BatchGroup:
 class _Batch:
     """A batched client: its options, its group, and the frames queued for it alone.
 
-    ``frames`` holds what only this client gets (history it asked to replay); its live
-    events wait in ``group``. Both are flushed at ``max_events`` or within ``max_delay_ms``.
+    ``frames`` holds what only this client gets: history it asked to replay, sent in
+    batches of ``max_events`` and the rest when the replay ends. Its live events wait in
+    ``group``, sent at ``max_events`` or within ``max_delay_ms``.
     """
 
     options: BatchOptions

@@ -21,8 +21,8 @@ server pays to send to it. They add what ``routing.py``, ``latency.py`` and
 
 Workers report through shared memory while they run and send their latency samples
 through a pipe when they stop. Also here, shared by the three scripts: the producers'
-credit rule (:class:`CreditPacer`) and fixed-rate sender (:func:`emit_at_rate`),
-percentiles, the CPU-bound verdict and profile printing.
+credit rule (:class:`CreditPacer`), fixed-rate sender (:func:`emit_at_rate`) and
+percentiles. The handshake and what all scripts share are in ``common.py``.
 
 This module must not import evkit: the reference servers are measured with the same clients.
 """
@@ -30,14 +30,10 @@ This module must not import evkit: the reference servers are measured with the s
 from __future__ import annotations
 
 import array
-import base64
 import contextlib
-import cProfile
 import ctypes
-import io
 import multiprocessing
 import os
-import pstats
 import re
 import selectors
 import socket
@@ -49,32 +45,24 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import RawArray, RawValue
 from typing import Any
 
+from common import RunAborted, handshake, send_control, stop_client_workers
+
 __all__ = [
-    "CPU_BOUND",
     "CreditPacer",
     "EventBoard",
     "EventClients",
     "Pace",
-    "RunAborted",
-    "cpu_verdict",
     "emit_at_rate",
     "percentile",
-    "print_profile",
-    "wait_until",
 ]
 
 EVENT_MARK = b'"id":'  # one per event, whether alone in its frame or in a batch
 SENT_FIELD = re.compile(rb'"sentNs":(\d+)')
 SEQ_FIELD = re.compile(rb'"seq":(\d+)')
-CPU_BOUND = 0.85  # share of one core above which a process counts as CPU-bound
 PAUSE = 0.001  # seconds a producer sleeps while it waits for credit
 
 _SCRATCH_BYTES = 8 * 1024 * 1024  # one recv takes at most this much
 _READY, _DONE, _FAILED = 1, 2, 3
-
-
-class RunAborted(Exception):
-    """A run did not complete in time, or a client worker failed."""
 
 
 @dataclass
@@ -192,27 +180,9 @@ class _EventClient:
         self.done = self.expected == 0
         self.error: str | None = None
 
-    def connect(self, host: str, port: int, path: str, timeout: float) -> None:
-        """Open the connection and complete the handshake (blocking, within ``timeout``)."""
-        sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock = sock
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        response = b""
-        while b"\r\n\r\n" not in response:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"client {self.slot}: server closed during the handshake")
-            response += chunk
-        head, _, self.leftover = response.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101"):
-            status = head.split(b"\r\n", 1)[0].decode("latin-1")
-            raise ConnectionError(f"client {self.slot}: handshake refused: {status}")
-        sock.setblocking(False)
+    def connect(self, host: str, port: int, path: str, deadline: float) -> None:
+        """Open the connection (see :func:`common.handshake`) before ``deadline``."""
+        self.sock, self.leftover, _ = handshake(host, port, path, deadline, f"client {self.slot}")
         if self.leftover:
             self._consume(self.leftover, len(self.leftover), time.time_ns())
 
@@ -306,14 +276,12 @@ class _EventClient:
         return int(found[-1]) if found else -1
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
-        # Client frames must be masked; an all-zero mask leaves the payload as it is.
-        if self.sock is not None and len(payload) < 126:
-            with contextlib.suppress(OSError):
-                self.sock.send(bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
+        if self.sock is not None:
+            send_control(self.sock, opcode, payload)
 
     def close(self) -> None:
         if self.sock is not None:
-            self._send_control(0x8, (1000).to_bytes(2, "big"))
+            send_control(self.sock, 0x8, (1000).to_bytes(2, "big"))
             self.sock.close()
             self.sock = None
 
@@ -348,7 +316,7 @@ def _run_worker(
         for client, path in zip(clients, paths, strict=True):
             if client.ready:
                 board.ready[client.slot] = 1
-            client.connect(host, port, path, max(0.1, deadline - time.monotonic()))
+            client.connect(host, port, path, deadline)
             assert client.sock is not None
             selector.register(client.sock, selectors.EVENT_READ, client)
         ready_seen = phase_seen = done_seen = False
@@ -503,17 +471,7 @@ class EventClients:
                 if pipe.poll(max(0.0, end - time.monotonic())):
                     samples.frombytes(pipe.recv_bytes())
             pipe.close()
-        for process in self.processes:
-            process.join(max(0.0, end - time.monotonic()))
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(1.0)
-            if process.is_alive():
-                process.kill()
-                process.join(1.0)
-            with contextlib.suppress(ValueError):
-                process.close()
+        stop_client_workers(self.processes, max(0.0, end - time.monotonic()))
         self.processes, self.pipes = [], []
         return samples
 
@@ -601,52 +559,9 @@ def emit_at_rate(
     return pace
 
 
-def wait_until(
-    condition: Callable[[], bool], deadline: float, what: str, board: EventBoard
-) -> None:
-    while not condition():
-        if board.any_worker_failed():
-            raise RunAborted(f"a client worker failed while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise RunAborted(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
 def percentile(ordered: Sequence[float], fraction: float) -> float:
     """The nearest-rank percentile of an already sorted sequence (0 when empty)."""
     if not ordered:
         return 0.0
     rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[rank]
-
-
-def cpu_verdict(server: float, clients: Sequence[float], client_cores: int) -> str:
-    """Which process was CPU-bound, from CPU time as a share of wall time.
-
-    ``server`` is this process's share of one core (all its threads); ``clients`` are
-    the worker processes' shares, which together can use at most ``client_cores``.
-    """
-    bound = []
-    if server >= CPU_BOUND:
-        bound.append(f"the server process ({server:.0%} of a core)")
-    total = sum(clients)
-    if any(share >= CPU_BOUND for share in clients) or total >= CPU_BOUND * client_cores:
-        bound.append(f"the client processes ({total:.0%} on {client_cores} CPU)")
-    if not bound:
-        return (
-            f"neither (server process {server:.0%}, client processes {total:.0%} of a core):"
-            " the load was below what either can do"
-        )
-    return " and ".join(bound)
-
-
-def print_profile(title: str, profiler: cProfile.Profile, limit: int = 20) -> None:
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.sort_stats("tottime").print_stats(limit)
-    print(f"\n=== cProfile, {title} (sorted by own time) ===")
-    lines = out.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    total = next((line for line in lines if "function calls" in line), "")
-    print(total.strip())
-    print("\n".join(line for line in lines[start:] if line.strip()))

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
-import platform
 import statistics
 import sys
 import time
@@ -46,20 +44,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import websockets
-from _timing_clients import (
-    CreditPacer,
-    EventBoard,
-    EventClients,
-    Pace,
+from _timing_clients import CreditPacer, EventBoard, EventClients, Pace, emit_at_rate, percentile
+from common import (
+    CoreUsage,
+    OtherLoad,
     RunAborted,
-    cpu_verdict,
-    emit_at_rate,
-    percentile,
+    ThreadClock,
+    client_poll,
+    cpu_report,
+    pin,
     print_profile,
+    versions,
     wait_until,
+    warn_if_noisy,
 )
-from common import CoreUsage, OtherLoad, ThreadClock
 
 HOST = "127.0.0.1"
 PATH = "/ws/events"
@@ -68,7 +66,6 @@ CLIENT_WORKERS = 2
 MAX_DELAY_MS = 5.0
 CLEANUP = 6.0  # seconds of --timeout kept for stopping clients and the server
 LINGER = 0.2  # seconds the clients keep reading after the end, to catch extra deliveries
-NOISE = 0.10  # other processes' share of a core above which a run is flagged
 
 
 @dataclass
@@ -240,8 +237,6 @@ def describe(result: RunResult, client_cores: int) -> str:
             f" ({result.received:,} of {result.clients * (result.events + result.latency_events):,}"
             f" events counted; stats {result.stats})"
         )
-    wall = result.wall
-    clients = [cpu / wall for cpu in result.client_cpu]
     stats = result.stats
     return (
         f"  {label:8} {result.rate:>10,.0f} deliveries/s in {result.seconds:5.2f} s"
@@ -250,17 +245,17 @@ def describe(result: RunResult, client_cores: int) -> str:
         f" {result.pace.rate(result.latency_events):,.0f} events/s: p50 {result.p50:.2f} ms,"
         f" p99 {result.p99:.2f} ms; lost {result.lost}, exact {'yes' if result.exact else 'NO'},"
         f" slow_consumer_disconnects {stats.get('slow_consumer_disconnects')},"
-        f" dropped {stats.get('dropped')}"
-        f"\n  {'':8} throughput phase CPU / wall: server process {result.server_cpu / wall:.0%}"
-        f" (loop thread {result.loop_cpu / wall:.0%}), client processes "
-        + " + ".join(f"{share:.0%}" for share in clients)
-        + "; "
-        + ", ".join(
-            f"{cpu} busy {busy:.0%} (softirq {result.cores.softirq[cpu]:.0%})"
-            for cpu, busy in sorted(result.cores.busy.items())
+        f" dropped {stats.get('dropped')}; throughput phase:"
+        + cpu_report(
+            f"  {'':8} ",
+            result.wall,
+            result.server_cpu,
+            result.loop_cpu,
+            result.client_cpu,
+            result.cores,
+            result.others,
+            client_cores,
         )
-        + f"; other processes {result.others.seconds / wall:.0%}"
-        + f"\n  {'':8} CPU-bound: {cpu_verdict(result.server_cpu / wall, clients, client_cores)}"
     )
 
 
@@ -278,13 +273,6 @@ def summarize(results: Sequence[RunResult]) -> dict[str, Any]:
     row["lost"] = sum(r.lost for r in results)
     row["slow"] = sum(r.stats.get("slow_consumer_disconnects", 0) for r in results)
     return row
-
-
-def client_poll(milliseconds: float | None, clients: int) -> float:
-    """Seconds between client sweeps in the throughput phase (as fanout.py: N x 0.05 ms)."""
-    if milliseconds is None:
-        milliseconds = min(50.0, max(1.0, clients * 0.05))
-    return milliseconds / 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,23 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout <= CLEANUP + 1:
         parser.error(f"--timeout must be more than {CLEANUP + 1:.0f} seconds")
 
-    available = sorted(os.sched_getaffinity(0))
-    client_cpus: set[int] | None = None
-    placement = "unpinned"
-    if args.pin == "split" and len(available) >= 2:
-        os.sched_setaffinity(0, {available[0]})  # before any thread starts
-        client_cpus = set(available[1:])
-        placement = f"server process on cpu{available[0]}, clients on " + ",".join(
-            f"cpu{cpu}" for cpu in sorted(client_cpus)
-        )
-    client_cores = len(client_cpus) if client_cpus else len(available)
+    placement = pin(args.pin)  # before any thread starts
+    client_cpus, client_cores = placement.client_cpus, placement.client_cores
 
     import evkit
 
     print(
-        f"batching: {platform.python_implementation()} {platform.python_version()}, websockets "
-        f"{websockets.__version__}, evkit {evkit.__version__}, {os.cpu_count()} CPUs;"
-        f" {CLIENT_WORKERS} client processes; {placement}; {args.clients} clients on '*' with"
+        f"batching: {versions(evkit.__version__)}; {CLIENT_WORKERS} client processes;"
+        f" {placement.description}; {args.clients} clients on '*' with"
         f" batch=N,{MAX_DELAY_MS:g}; throughput: {args.events:,} events at N = 1,"
         f" {args.batched_events:,} at N > 1, window {args.window};"
         f" latency: {args.rate:,.0f} events/s for {args.seconds:g} s"
@@ -409,12 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             f" {'met' if ratio >= 5 else 'NOT met'}); loss"
             f" {sum(row['lost'] for row in rows.values())}"
         )
-    noisy = max((row.get("others", 0.0) for row in rows.values()), default=0.0)
-    if noisy > NOISE:
-        print(
-            f"\nwarning: other processes used up to {noisy:.0%} of a core during a run; the"
-            " machine was not quiet: run again"
-        )
+    warn_if_noisy(max((row.get("others", 0.0) for row in rows.values()), default=0.0))
     if args.profile:
         for size in (1, 100):
             print(f"\nprofiled run, N = {size} (not counted above)")

@@ -1,4 +1,5 @@
-"""Benchmark plumbing shared by the scripts in ``bench/``: counting clients and CPU clocks.
+"""Benchmark plumbing shared by the scripts in ``bench/``: counting clients, CPU clocks,
+and what every script does alike (pinning, the raw handshake, deadlines, CPU reports).
 
 The clients here are deliberately dumb so that the server, not the client, is what a
 benchmark measures: each one is a plain socket that performs the WebSocket handshake by
@@ -25,30 +26,52 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import cProfile
 import ctypes
+import io
 import multiprocessing
 import os
+import platform
+import pstats
 import selectors
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import RawArray
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 __all__ = [
+    "CPU_BOUND",
+    "NOISE",
     "ClientBoard",
     "CoreUsage",
     "LoopLag",
     "OtherLoad",
+    "Placement",
+    "RunAborted",
     "ThreadClock",
+    "client_poll",
+    "cpu_report",
+    "cpu_verdict",
+    "handshake",
+    "pin",
+    "print_profile",
+    "send_control",
     "start_client_workers",
     "stop_client_workers",
+    "versions",
+    "wait_until",
+    "warn_if_noisy",
 ]
+
+CPU_BOUND = 0.85  # share of one core above which a process counts as CPU-bound
+NOISE = 0.10  # other processes' share of a core above which a run is flagged
 
 _SCRATCH_BYTES = 4 * 1024 * 1024  # one recv takes at most this much
 
@@ -136,49 +159,10 @@ class _CountingClient:
         self.error: str | None = None
 
     def connect(self, host: str, port: int, path: str, deadline: float) -> int:
-        """Open the connection and complete the handshake (blocking) before ``deadline``.
-
-        A refusal for load (429, 503: a server's admission limits) is retried after its
-        ``Retry-After`` or a growing pause. Returns how many refusals there were.
-
-        Raises:
-            ConnectionError: refused otherwise, or still refused at ``deadline``.
-        """
-        refusals = 0
-        pause = 0.05
-        while True:
-            sock = socket.create_connection(
-                (host, port), timeout=max(0.1, deadline - time.monotonic())
-            )
-            key = base64.b64encode(os.urandom(16)).decode()
-            sock.sendall(
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
-            )
-            response = b""
-            while b"\r\n\r\n" not in response:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    sock.close()
-                    raise ConnectionError(f"client {self.slot}: server closed during the handshake")
-                response += chunk
-            head, _, leftover = response.partition(b"\r\n\r\n")
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            if status_line.startswith("HTTP/1.1 101"):
-                break
-            sock.close()
-            headers = dict(line.lower().split(": ", 1) for line in header_lines if ": " in line)
-            retry_after = headers.get("retry-after", "")
-            wait = float(retry_after) if retry_after.isdigit() else pause
-            if status_line[9:12] not in ("429", "503") or time.monotonic() + wait > deadline:
-                raise ConnectionError(f"client {self.slot}: handshake refused: {status_line}")
-            refusals += 1
-            time.sleep(wait)
-            pause = min(1.0, pause * 2)
-        self.sock = sock
-        self.leftover = leftover
-        sock.setblocking(False)
+        """Open the connection (see :func:`handshake`); returns how many refusals there were."""
+        self.sock, self.leftover, refusals = handshake(
+            host, port, path, deadline, f"client {self.slot}"
+        )
         return refusals
 
     @property
@@ -261,16 +245,69 @@ class _CountingClient:
         self.done = True
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
-        # Client frames must be masked; an all-zero mask leaves the payload as it is.
-        if self.sock is not None and len(payload) < 126:
-            with contextlib.suppress(OSError):
-                self.sock.send(bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
+        if self.sock is not None:
+            send_control(self.sock, opcode, payload)
 
     def close(self) -> None:
         if self.sock is not None:
-            self._send_control(0x8, (1000).to_bytes(2, "big"))
+            send_control(self.sock, 0x8, (1000).to_bytes(2, "big"))
             self.sock.close()
             self.sock = None
+
+
+def handshake(
+    host: str, port: int, path: str, deadline: float, who: str
+) -> tuple[socket.socket, bytes, int]:
+    """Open a WebSocket connection by hand (blocking) before ``deadline``.
+
+    Returns the socket (non-blocking from then on), the bytes that came after the
+    handshake response, and how many times the server refused for load (429, 503: its
+    admission limits); each such refusal is retried after its ``Retry-After`` or a
+    growing pause.
+
+    Raises:
+        ConnectionError: refused otherwise, or still refused at ``deadline`` (the
+            message starts with ``who``).
+    """
+    refusals = 0
+    pause = 0.05
+    while True:
+        sock = socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic()))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = sock.recv(65536)
+            if not chunk:
+                sock.close()
+                raise ConnectionError(f"{who}: server closed during the handshake")
+            response += chunk
+        head, _, leftover = response.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        if status_line.startswith("HTTP/1.1 101"):
+            sock.setblocking(False)
+            return sock, leftover, refusals
+        sock.close()
+        headers = dict(line.lower().split(": ", 1) for line in header_lines if ": " in line)
+        retry_after = headers.get("retry-after", "")
+        wait = float(retry_after) if retry_after.isdigit() else pause
+        if status_line[9:12] not in ("429", "503") or time.monotonic() + wait > deadline:
+            raise ConnectionError(f"{who}: handshake refused: {status_line}")
+        refusals += 1
+        time.sleep(wait)
+        pause = min(1.0, pause * 2)
+
+
+def send_control(sock: socket.socket, opcode: int, payload: bytes) -> None:
+    """Send a control frame (pong, close) as a client; a lost connection is ignored."""
+    # Client frames must be masked; an all-zero mask leaves the payload as it is.
+    if len(payload) < 126:
+        with contextlib.suppress(OSError):
+            sock.send(bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
 
 
 def _run_worker(
@@ -558,3 +595,164 @@ class OtherLoad:
     def stop(self) -> None:
         end = self._read()
         self.seconds = sum(used - self._start.get(key, 0.0) for key, used in end.items())
+
+
+# -- what every script does alike ---------------------------------------------------------
+
+
+class RunAborted(Exception):
+    """A run did not complete in time, or a client worker failed."""
+
+
+class _Workers(Protocol):
+    def any_worker_failed(self) -> bool: ...
+
+
+def wait_until(condition: Callable[[], bool], deadline: float, what: str, board: _Workers) -> None:
+    """Poll ``condition`` until it holds.
+
+    Raises:
+        RunAborted: a client worker failed, or ``deadline`` (``time.monotonic()``) passed.
+    """
+    while not condition():
+        if board.any_worker_failed():
+            raise RunAborted(f"a client worker failed while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise RunAborted(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def client_poll(milliseconds: float | None, clients: int) -> float:
+    """Seconds a client worker sleeps between sweeps: ``--client-poll-ms``, or N x 0.05 ms
+    from 1 to 50 ms, so that each ``recv`` takes several frames."""
+    if milliseconds is None:
+        milliseconds = min(50.0, max(1.0, clients * 0.05))
+    return milliseconds / 1000
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the benchmark process and its client processes run."""
+
+    client_cpus: set[int] | None  # None: wherever the scheduler puts them
+    client_cores: int  # CPUs the client processes share
+    description: str
+
+
+def pin(mode: str) -> Placement:
+    """``split``: this process on the first CPU, client processes on the others; ``none``.
+
+    Call it before any thread starts: threads inherit the CPU set of the process.
+    """
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if mode == "split" and len(available) >= 2:
+        os.sched_setaffinity(0, {available[0]})
+        clients = set(available[1:])
+        description = f"server process on cpu{available[0]}, clients on " + ",".join(
+            f"cpu{cpu}" for cpu in sorted(clients)
+        )
+        return Placement(clients, len(clients), description)
+    return Placement(None, max(1, len(available)), "unpinned")
+
+
+def _evkit_revision() -> str:
+    """The commit evkit was measured at, and whether its sources differ from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not touch the index
+    try:
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            env=environment,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--", "evkit"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            env=environment,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "commit unknown"
+    return f"commit {commit}{' with local changes' if changed else ''}"
+
+
+def versions(evkit_version: str) -> str:
+    """Python, websockets and evkit (with its commit) versions, and the CPU count."""
+    import websockets
+
+    return (
+        f"{platform.python_implementation()} {platform.python_version()}, websockets "
+        f"{websockets.__version__}, evkit {evkit_version} ({_evkit_revision()}),"
+        f" {os.cpu_count()} CPUs"
+    )
+
+
+def cpu_verdict(server: float, clients: Sequence[float], client_cores: int) -> str:
+    """Which process was CPU-bound, from CPU time as a share of wall time.
+
+    ``server`` is this process's share of one core (all its threads); ``clients`` are
+    the worker processes' shares, which together can use at most ``client_cores``.
+    """
+    bound = []
+    if server >= CPU_BOUND:
+        bound.append(f"the server process ({server:.0%} of a core)")
+    total = sum(clients)
+    if any(share >= CPU_BOUND for share in clients) or total >= CPU_BOUND * client_cores:
+        bound.append(f"the client processes ({total:.0%} on {client_cores} CPU)")
+    if not bound:
+        return (
+            f"neither (server process {server:.0%}, client processes {total:.0%} of a core):"
+            " the load was below what either can do"
+        )
+    return " and ".join(bound)
+
+
+def cpu_report(
+    indent: str,
+    wall: float,
+    server_cpu: float,
+    loop_cpu: float,
+    client_cpu: Sequence[float],
+    cores: CoreUsage,
+    others: OtherLoad,
+    client_cores: int,
+) -> str:
+    """Two report lines: CPU time over ``wall`` of each side, and which was CPU-bound."""
+    clients = [cpu / wall for cpu in client_cpu]
+    busy = ", ".join(
+        f"{cpu} busy {share:.0%} (softirq {cores.softirq[cpu]:.0%})"
+        for cpu, share in sorted(cores.busy.items())
+    )
+    return (
+        f"\n{indent}CPU / wall: server process {server_cpu / wall:.0%} (loop thread"
+        f" {loop_cpu / wall:.0%}), client processes "
+        + " + ".join(f"{share:.0%}" for share in clients)
+        + f"; {busy}; other processes {others.seconds / wall:.0%}"
+        + f"\n{indent}CPU-bound: {cpu_verdict(server_cpu / wall, clients, client_cores)}"
+    )
+
+
+def warn_if_noisy(others: float) -> None:
+    """Say so when other processes took more than :data:`NOISE` of a core in a run."""
+    if others > NOISE:
+        print(
+            f"\nwarning: other processes used up to {others:.0%} of a core during a run; the"
+            " machine was not quiet and these numbers are not a fair comparison: run again"
+        )
+
+
+def print_profile(title: str, profiler: cProfile.Profile, limit: int = 22) -> None:
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    print(f"\n=== cProfile, {title} (sorted by own time) ===")
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    total = next((line for line in lines if "function calls" in line), "")
+    print(total.strip())
+    print("\n".join(line for line in lines[start:] if line.strip()))

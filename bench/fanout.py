@@ -34,30 +34,30 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import io
 import logging
-import os
-import platform
-import pstats
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import websockets
 from common import (
     ClientBoard,
     CoreUsage,
     LoopLag,
     OtherLoad,
+    RunAborted,
     ThreadClock,
+    client_poll,
+    pin,
+    print_profile,
     start_client_workers,
     stop_client_workers,
+    versions,
+    wait_until,
+    warn_if_noisy,
 )
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection, broadcast, serve
@@ -69,7 +69,6 @@ CLIENT_WORKERS = 2
 CHUNK = 2_000  # reference events per loop turn: the same as evkit's _DRAIN_CHUNK
 PAUSE = 0.001  # seconds a producer sleeps while it waits for credit
 CLEANUP = 10.0  # seconds of --timeout kept for stopping clients and servers
-NOISE = 0.10  # other processes' share of a core above which a run is flagged
 
 
 class Pacer:
@@ -123,10 +122,6 @@ class Pacer:
             allowed = self.allowance()
         self.waited += time.monotonic() - began
         return allowed
-
-
-class RunAborted(Exception):
-    """A run did not complete in time, or a client worker failed."""
 
 
 class LostWrites(logging.Filter):
@@ -286,17 +281,6 @@ class ReferenceServer:
 # -- one run ---------------------------------------------------------------------------
 
 
-def wait_until(
-    condition: Callable[[], bool], deadline: float, what: str, board: ClientBoard
-) -> None:
-    while not condition():
-        if board.any_worker_failed():
-            raise RunAborted(f"a client worker failed while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise RunAborted(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
 def run_once(
     system: str,
     clients: int,
@@ -440,18 +424,6 @@ def emit_paced(pacer: Pacer) -> float:
     return started
 
 
-def print_profile(title: str, profiler: cProfile.Profile, limit: int = 22) -> None:
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.sort_stats("tottime").print_stats(limit)
-    print(f"\n=== cProfile, {title} (sorted by own time) ===")
-    lines = out.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    total = next((line for line in lines if "function calls" in line), "")
-    print(total.strip())
-    print("\n".join(lines[start:]))
-
-
 # -- reporting -------------------------------------------------------------------------
 
 
@@ -542,39 +514,6 @@ def print_table(rows: list[dict[str, Any]], events: int, runs: int) -> None:
         )
 
 
-def evkit_revision() -> str:
-    """The commit evkit was measured at, and whether its sources differ from it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not touch the index
-    try:
-        commit = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-            env=environment,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "-C", root, "status", "--porcelain", "--", "evkit"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-            env=environment,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "commit unknown"
-    return f"commit {commit}{' with local changes' if changed else ''}"
-
-
-def client_poll(milliseconds: float | None, clients: int) -> float:
-    """Seconds between client sweeps: ``--client-poll-ms``, or scaled to N."""
-    if milliseconds is None:
-        milliseconds = min(50.0, max(1.0, clients * 0.05))
-    return milliseconds / 1000
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[100], help="N (several allowed)")
@@ -610,16 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.events < 1 or args.runs < 1 or args.window < 1 or min(args.clients) < 1:
         parser.error("--clients, --events, --runs and --window must be positive")
 
-    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    client_cpus: set[int] | None = None
-    placement = "unpinned"
-    if args.pin == "split" and len(available) >= 2:
-        # Before any thread starts: the loop threads inherit this process's CPU.
-        os.sched_setaffinity(0, {available[0]})
-        client_cpus = set(available[1:])
-        placement = f"server process on cpu{available[0]}, clients on " + ",".join(
-            f"cpu{cpu}" for cpu in sorted(client_cpus)
-        )
+    placement = pin(args.pin)  # before any thread starts: the loop threads inherit it
+    client_cpus = placement.client_cpus
 
     if args.timeout <= CLEANUP + 1:
         parser.error(f"--timeout must be more than {CLEANUP + 1:.0f} seconds")
@@ -628,9 +559,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("asyncio").addFilter(lost_writes)
     print(
-        f"fanout: {platform.python_implementation()} {platform.python_version()}, "
-        f"websockets {websockets.__version__}, evkit {evkit.__version__} ({evkit_revision()}), "
-        f"{os.cpu_count()} CPUs; {CLIENT_WORKERS} client processes; {placement}; "
+        f"fanout: {versions(evkit.__version__)}; {CLIENT_WORKERS} client processes;"
+        f" {placement.description}; "
         f"window {args.window} events "
         f"({args.window * len(reference_frame(args.events)):,} bytes per client at most)"
     )
@@ -674,13 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(describe(result), flush=True)
     print_table(rows, args.events, args.runs)
-    noisy = max((row["others"] for row in rows), default=0.0)
-    if noisy > NOISE:
-        print(
-            f"\nwarning: other processes used up to {noisy:.0%} of a core during a run; the"
-            " machine was not quiet and these numbers are not a fair comparison (a server"
-            " with two threads gets more of a shared core than one with one): run again"
-        )
+    warn_if_noisy(max((row["others"] for row in rows), default=0.0))
     return 1 if failed else 0
 
 

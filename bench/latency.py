@@ -39,8 +39,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import os
-import platform
 import statistics
 import sys
 import threading
@@ -49,19 +47,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import websockets
-from _timing_clients import (
-    EventBoard,
-    EventClients,
-    Pace,
+from _timing_clients import EventBoard, EventClients, Pace, emit_at_rate, percentile
+from common import (
+    CoreUsage,
+    LoopLag,
+    OtherLoad,
     RunAborted,
-    cpu_verdict,
-    emit_at_rate,
-    percentile,
+    ThreadClock,
+    cpu_report,
+    pin,
     print_profile,
+    versions,
     wait_until,
+    warn_if_noisy,
 )
-from common import CoreUsage, LoopLag, OtherLoad, ThreadClock
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
@@ -70,7 +69,6 @@ PATH = "/ws/events"
 EVENT_TYPE = "bench.latency.event"
 CLIENT_WORKERS = 2
 CLEANUP = 6.0  # seconds of --timeout kept for stopping clients and servers
-NOISE = 0.10  # other processes' share of a core above which a run is flagged
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 SYSTEMS = ("reference", "evkit", "evkit batch=100,5")
 BATCH = (100, 5.0)  # events per frame, milliseconds
@@ -313,7 +311,6 @@ def describe(result: RunResult, client_cores: int) -> str:
             f" stats {result.stats})"
         )
     wall = result.wall
-    clients = [cpu / wall for cpu in result.client_cpu]
     quantiles = " ".join(f"p{q * 100:g} {result.latencies[q]:6.2f}" for q in QUANTILES)
     line = (
         f"  {result.system:18} {quantiles}  max {result.worst:6.2f} ms;"
@@ -326,18 +323,15 @@ def describe(result: RunResult, client_cores: int) -> str:
             f", slow_consumer_disconnects {result.stats.get('slow_consumer_disconnects')},"
             f" dropped {result.stats.get('dropped')}"
         )
-    line += (
-        f"\n  {'':18} CPU / wall: server process {result.server_cpu / wall:.0%} (loop thread"
-        f" {result.loop_cpu / wall:.0%}), client processes "
-        + " + ".join(f"{share:.0%}" for share in clients)
-        + "; "
-        + ", ".join(
-            f"{cpu} busy {busy:.0%} (softirq {result.cores.softirq[cpu]:.0%})"
-            for cpu, busy in sorted(result.cores.busy.items())
-        )
-        + f"; worst loop lag {result.loop_lag * 1000:.1f} ms;"
-        f" other processes {result.others.seconds / wall:.0%}"
-        f"\n  {'':18} CPU-bound: {cpu_verdict(result.server_cpu / wall, clients, client_cores)}"
+    line += f"; worst loop lag {result.loop_lag * 1000:.1f} ms" + cpu_report(
+        f"  {'':18} ",
+        wall,
+        result.server_cpu,
+        result.loop_cpu,
+        result.client_cpu,
+        result.cores,
+        result.others,
+        client_cores,
     )
     return line
 
@@ -381,23 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout <= CLEANUP + 1:
         parser.error(f"--timeout must be more than {CLEANUP + 1:.0f} seconds")
 
-    available = sorted(os.sched_getaffinity(0))
-    client_cpus: set[int] | None = None
-    placement = "unpinned"
-    if args.pin == "split" and len(available) >= 2:
-        os.sched_setaffinity(0, {available[0]})  # before any thread starts
-        client_cpus = set(available[1:])
-        placement = f"server process on cpu{available[0]}, clients on " + ",".join(
-            f"cpu{cpu}" for cpu in sorted(client_cpus)
-        )
-    client_cores = len(client_cpus) if client_cpus else len(available)
+    placement = pin(args.pin)  # before any thread starts
+    client_cpus, client_cores = placement.client_cpus, placement.client_cores
 
     import evkit
 
     print(
-        f"latency: {platform.python_implementation()} {platform.python_version()}, websockets "
-        f"{websockets.__version__}, evkit {evkit.__version__}, {os.cpu_count()} CPUs;"
-        f" {CLIENT_WORKERS} client processes; {placement}; {args.clients} clients,"
+        f"latency: {versions(evkit.__version__)}; {CLIENT_WORKERS} client processes;"
+        f" {placement.description}; {args.clients} clients,"
         f" {args.rate:,.0f} events/s for {args.seconds:g} s after {args.warmup:g} s of warm-up"
         f" ({args.clients * args.rate:,.0f} deliveries/s)"
     )
@@ -476,12 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{line}; target p99 added <= window: {'met' if added <= window else 'NOT met'}"
             f" ({added:+.2f} ms)"
         )
-    noisy = max((row.get("others", 0.0) for row in rows.values()), default=0.0)
-    if noisy > NOISE:
-        print(
-            f"\nwarning: other processes used up to {noisy:.0%} of a core during a run; the"
-            " machine was not quiet: run again"
-        )
+    warn_if_noisy(max((row.get("others", 0.0) for row in rows.values()), default=0.0))
     if args.profile:
         for system in SYSTEMS[1:]:
             print(f"\nprofiled {system} run (not counted above)")

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
-import platform
 import random
 import statistics
 import sys
@@ -51,24 +49,26 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import websockets
-from _timing_clients import (
-    CreditPacer,
-    EventBoard,
-    EventClients,
+from _timing_clients import CreditPacer, EventBoard, EventClients
+from common import (
+    CoreUsage,
+    OtherLoad,
     RunAborted,
-    cpu_verdict,
+    ThreadClock,
+    client_poll,
+    cpu_report,
+    pin,
     print_profile,
+    versions,
     wait_until,
+    warn_if_noisy,
 )
-from common import CoreUsage, OtherLoad, ThreadClock
 
 HOST = "127.0.0.1"
 PATH = "/ws/events"
 CLIENT_WORKERS = 2
 CLEANUP = 6.0  # seconds of --timeout kept for stopping clients and the server
 LINGER = 0.2  # seconds the clients keep reading after the end, to catch extra deliveries
-NOISE = 0.10  # other processes' share of a core above which a run is flagged
 CORRELATION_IDS = 50
 
 SEED_TYPES = (
@@ -354,8 +354,6 @@ def describe(result: RunResult, client_cores: int) -> str:
             f"  {result.system:6} ABORTED after {result.elapsed:.1f} s: {result.error}"
             f" ({result.deliveries:,} of {result.expected:,} deliveries counted)"
         )
-    wall = result.wall
-    clients = [cpu / wall for cpu in result.client_cpu]
     stats = result.stats
     line = (
         f"  {result.system:6} {result.events_rate:>8,.0f} events/s {result.deliveries_rate:>9,.0f}"
@@ -366,17 +364,15 @@ def describe(result: RunResult, client_cores: int) -> str:
     )
     for problem in result.mismatched[:5]:
         line += f"\n           {problem}"
-    line += (
-        f"\n         CPU / wall: server process {result.server_cpu / wall:.0%}"
-        f" (loop thread {result.loop_cpu / wall:.0%}), client processes "
-        + " + ".join(f"{share:.0%}" for share in clients)
-        + "; "
-        + ", ".join(
-            f"{cpu} busy {busy:.0%} (softirq {result.cores.softirq[cpu]:.0%})"
-            for cpu, busy in sorted(result.cores.busy.items())
-        )
-        + f"; other processes {result.others.seconds / wall:.0%}"
-        + f"\n         CPU-bound: {cpu_verdict(result.server_cpu / wall, clients, client_cores)}"
+    line += cpu_report(
+        " " * 9,
+        result.wall,
+        result.server_cpu,
+        result.loop_cpu,
+        result.client_cpu,
+        result.cores,
+        result.others,
+        client_cores,
     )
     return line
 
@@ -395,13 +391,6 @@ def summarize(results: list[RunResult], route: tuple[float, int]) -> dict[str, A
     row["slow"] = sum(r.stats.get("slow_consumer_disconnects", 0) for r in results)
     row["correct"] = bool(good) and all(r.correct for r in results)
     return row
-
-
-def client_poll(milliseconds: float | None, clients: int) -> float:
-    """Seconds between client sweeps: ``--client-poll-ms``, or scaled to N (as fanout.py)."""
-    if milliseconds is None:
-        milliseconds = min(50.0, max(1.0, clients * 0.05))
-    return milliseconds / 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,16 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout <= CLEANUP + 1:
         parser.error(f"--timeout must be more than {CLEANUP + 1:.0f} seconds")
 
-    available = sorted(os.sched_getaffinity(0))
-    client_cpus: set[int] | None = None
-    placement = "unpinned"
-    if args.pin == "split" and len(available) >= 2:
-        os.sched_setaffinity(0, {available[0]})  # before any thread starts
-        client_cpus = set(available[1:])
-        placement = f"server process on cpu{available[0]}, clients on " + ",".join(
-            f"cpu{cpu}" for cpu in sorted(client_cpus)
-        )
-    client_cores = len(client_cpus) if client_cpus else len(available)
+    placement = pin(args.pin)  # before any thread starts
+    client_cpus, client_cores = placement.client_cpus, placement.client_cores
 
     import evkit
 
@@ -457,9 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
     print(
-        f"routing: {platform.python_implementation()} {platform.python_version()}, websockets "
-        f"{websockets.__version__}, evkit {evkit.__version__}, {os.cpu_count()} CPUs;"
-        f" {CLIENT_WORKERS} client processes; {placement}; {args.clients} clients,"
+        f"routing: {versions(evkit.__version__)}; {CLIENT_WORKERS} client processes;"
+        f" {placement.description}; {args.clients} clients,"
         f" {args.events:,} events of {len(SEED_TYPES)} types and {CORRELATION_IDS} correlation IDs"
         f" (seed {args.seed}), window {args.window}"
     )
@@ -519,12 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             f" {rows['mixed']['route_ns'] / rows['all-*']['route_ns']:.1f}x"
             f" ({rows['mixed']['route_ns']:,.0f} vs {rows['all-*']['route_ns']:,.0f} ns per event)"
         )
-    noisy = max((row.get("others", 0.0) for row in rows.values()), default=0.0)
-    if noisy > NOISE:
-        print(
-            f"\nwarning: other processes used up to {noisy:.0%} of a core during a run; the"
-            " machine was not quiet: run again for a fair comparison"
-        )
+    warn_if_noisy(max((row.get("others", 0.0) for row in rows.values()), default=0.0))
     if args.profile:
         print("\nprofiled mixed run (not counted above)")
         result = run_once(

@@ -182,7 +182,8 @@ class EventBus:
         for handler in handlers:
             try:
                 result = handler(event)
-                if inspect.isawaitable(result):  # async def, or an object with async __call__
+                # async def, or an object with async __call__; most handlers return None
+                if result is not None and inspect.isawaitable(result):
                     self._schedule(result)
             except Exception:
                 self.handler_errors += 1

@@ -39,11 +39,20 @@ class Redactor:
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         """``payload`` itself when nothing matches, else a redacted copy."""
-        if not self.keys or not self._needs(payload):
+        if not self.keys or self._flat_and_known(payload) or not self._needs(payload):
             return payload
         result = self._redact(payload)
         assert isinstance(result, dict)
         return result
+
+    def _flat_and_known(self, payload: dict[str, Any]) -> bool:
+        # Most payloads are flat, with keys seen before: they need no walk.
+        if not self._safe.issuperset(payload):
+            return False
+        for value in payload.values():  # noqa: SIM110 (a loop: twice as fast as all() here)
+            if not isinstance(value, _SCALARS):
+                return False
+        return True
 
     def _is_sensitive(self, key: object) -> bool:
         if not isinstance(key, str):

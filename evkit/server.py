@@ -4,11 +4,27 @@
 :func:`serve`). Events reach it from any thread through :meth:`Broadcaster.publish`,
 which the global bus calls: the payload is serialised there, on the caller's thread,
 and the event is appended to a bounded queue; one wake-up per batch hands the queue to
-the loop. On the loop each event gets its stream id, is framed once, recorded in the
-bounded history, routed through the :class:`~evkit.patterns.SubscriptionIndex` and
-written to every recipient with :func:`websockets.asyncio.server.broadcast`, which
-writes without awaiting: one slow client never delays the others. A client whose
-outgoing buffer passes ``client_buffer_limit`` is dropped from routing at once and
+the loop. On the loop each event gets its stream id, is encoded once, recorded in the
+bounded history and routed through the :class:`~evkit.patterns.SubscriptionIndex`.
+
+Writing does not go through :func:`websockets.asyncio.server.broadcast`, which builds
+and sends a frame per event per connection: at 100 clients that topped out near
+185,000 deliveries a second on the benchmark machine, so 2,000 events/s to 100 clients
+backed up to a p99 latency of 350 ms (``bench/README.md``). Instead each event becomes
+one WebSocket text frame, built here (a server's frames are unmasked), and each
+connection gets one ``transport.write`` per loop turn holding all its frames of that
+turn, in order. These are whole frames, as websockets writes its own, so its pings and
+close frames land between them; nothing is written to a connection that is not open
+(closing handshake started) or whose transport is closing, and evkit never sends a
+fragmented message. A connection using permessage-deflate goes through websockets'
+protocol, which keeps the compression state of each connection.
+
+Batched clients (``websocket.batch``) with the same patterns, correlation filter and
+batch options share a batch group: an event is queued once per group and each batch is
+framed once for all its members. One timer sends the batches whose window ends.
+
+Writes never await: one slow client never delays the others. A client whose outgoing
+buffer passes ``client_buffer_limit`` after a write is dropped from routing at once and
 closed with 1013 ``slow consumer``, so memory stays bounded.
 
 Everything that touches connections happens on the loop, so a replay (``since``) and the
@@ -32,6 +48,7 @@ import logging
 import os
 import sqlite3
 import string
+import struct
 import threading
 import time
 import warnings
@@ -44,11 +61,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from websockets.asyncio.server import Server as WebSocketServer
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from evkit import messages
 from evkit._loop import loop_thread
@@ -92,6 +110,13 @@ _REDIS_REPLAY_COUNT = 500  # most entries per XRANGE of a replay
 # Most frames written per loop turn: with many clients a turn takes fewer events, so
 # pings, handshakes, client messages and the slow-consumer check are never held for long.
 _DRAIN_DELIVERIES = 20_000
+_PLAN_CACHE_SIZE = 1_024  # write plans kept, one per distinct list of recipients
+# A batch is sent this much before its window ends (at most half the window), so that
+# with the loop's lateness and the write it still reaches the client within maxDelayMs.
+_BATCH_LEAD = 0.001
+_BATCH_SLACK = 0.0005  # a batch timer also sends the batches due this soon after it
+_BATCH_MESSAGE = b'{"type":"websocket.batch","timestamp":%d,"payload":{"events":[%b]}}'
+_OPEN = State.OPEN
 
 
 @dataclass(frozen=True)
@@ -218,13 +243,72 @@ class _ConnectOptions:
     principal: Principal | None = None  # None: credentials still to come as a first message
 
 
+# A batch group's key: the patterns, correlation filter and batch options its clients share.
+_GroupKey = tuple[frozenset[str], str | None, BatchOptions]
+
+
+@dataclass(eq=False)
+class _BatchGroup:
+    """Live events waiting for the batched clients that get the same ones, batched alike.
+
+    Clients with equal patterns, correlation filter and batch options are routed the same
+    events, so one list of frames serves them all and each batch is framed once for all.
+    ``deadline`` is the loop time by which the oldest waiting frame must be sent.
+    """
+
+    key: _GroupKey
+    options: BatchOptions
+    members: dict[ServerConnection, None] = field(default_factory=dict)
+    frames: list[bytes] = field(default_factory=list)
+    deadline: float = 0.0
+
+
 @dataclass
 class _Batch:
-    """Events waiting for one batched client: flushed at ``max_events`` or after ``max_delay_ms``."""
+    """A batched client: its options, its group, and the frames queued for it alone.
+
+    ``frames`` holds what only this client gets: history it asked to replay, sent in
+    batches of ``max_events`` and the rest when the replay ends. Its live events wait in
+    ``group``, sent at ``max_events`` or within ``max_delay_ms``.
+    """
 
     options: BatchOptions
     frames: list[bytes] = field(default_factory=list)
+    group: _BatchGroup | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _WritePlan:
+    """How the recipients of one ``route()`` answer are written to."""
+
+    recipients: list[ServerConnection]  # the answer itself: its identity keys the cache
+    plain: list[ServerConnection]  # unbatched, uncompressed: frames written as bytes
+    deflate: list[ServerConnection]  # unbatched with permessage-deflate: through websockets
+    groups: list[_BatchGroup]  # batched: every member of these groups is a recipient
+
+
+@dataclass
+class _WriteState:
+    """The write path's state: batch groups, write plans, and the one batch timer."""
+
+    groups: dict[_GroupKey, _BatchGroup] = field(default_factory=dict)
+    due: dict[_BatchGroup, None] = field(default_factory=dict)  # groups holding frames
+    plans: dict[int, _WritePlan] = field(default_factory=dict)  # by id() of the answer
+    plans_by_route: dict[tuple[str, str | None], _WritePlan] = field(default_factory=dict)
+    # Connections a write found lost or past the buffer limit, to act on after the writes.
+    suspects: list[ServerConnection] = field(default_factory=list)
+    # While a _deliver call runs, every frame it sends (batches included) waits here, so
+    # that each connection gets one write at its end: plain frames, and messages for
+    # connections that compress.
+    pending: dict[ServerConnection, list[bytes]] | None = None
+    deflated: dict[ServerConnection, list[bytes]] | None = None
     timer: asyncio.TimerHandle | None = None
+    timer_at: float = 0.0
+
+    def forget_plans(self) -> None:
+        """Drop every plan: a client's batching or group changed, or it left."""
+        self.plans.clear()
+        self.plans_by_route.clear()
 
 
 @dataclass
@@ -548,27 +632,166 @@ class Broadcaster:
                 self._closers.add(task)
                 task.add_done_callback(self._closers.discard)
 
+    @functools.cached_property
+    def _writes(self) -> _WriteState:
+        """The write path's state (made on first use)."""
+        return _WriteState()
+
     def _deliver(self, records: list[Record]) -> None:
-        """Route recorded events, in order, to the live clients that match them."""
+        """Route recorded events, in order, to the live clients that match them.
+
+        Each event is framed once. Every connection gets one write for the whole call,
+        holding its frames (events, or batches of batched clients) in stream order.
+        """
         route = self._index.route
-        batches = self._batches
-        stats = self._stats
-        delivered_by = stats.delivered_by_category
-        delivered = 0
-        for record in records:
-            targets = route(record.type, record.correlation_id)
-            if targets:
-                delivered += len(targets)
-                category = record.type.partition(".")[0]
-                delivered_by[category] = delivered_by.get(category, 0) + len(targets)
-                if batches:
-                    targets = self._collect_batched(targets, record.frame)
-                if targets:
-                    broadcast(targets, record.frame, text=True)
-        stats.delivered += delivered
-        if batches:
-            self._schedule_batches()
+        writes = self._writes
+        plans = writes.plans
+        pending: dict[ServerConnection, list[bytes]] = {}
+        deflated: dict[ServerConnection, list[bytes]] = {}
+        writes.pending, writes.deflated = pending, deflated
+        # A run: consecutive events with the same plain recipients, joined once for all.
+        run_to: list[ServerConnection] = []
+        run: list[bytes] = []
+        delivered_by_type: dict[str, int] = {}
+        now = -1.0
+        try:
+            for record in records:
+                targets = route(record.type, record.correlation_id)
+                if not targets:
+                    continue
+                type_ = record.type
+                delivered_by_type[type_] = delivered_by_type.get(type_, 0) + len(targets)
+                plan = plans.get(id(targets))
+                if plan is None or plan.recipients is not targets:
+                    plan = self._write_plan(targets, record)
+                if plan.plain:
+                    if plan.plain is not run_to:
+                        if run:
+                            _spread(run, run_to, pending)
+                            run = []
+                        run_to = plan.plain
+                    run.append(_text_frame(record.frame))
+                for connection in plan.deflate:
+                    deflated.setdefault(connection, []).append(record.frame)
+                if plan.groups:
+                    if now < 0:
+                        assert self._loop is not None
+                        now = self._loop.time()
+                    self._collect_batched(plan.groups, record.frame, now)
+            if run:
+                _spread(run, run_to, pending)
+            if writes.due:
+                self._schedule_batches()
+        finally:
+            writes.pending = writes.deflated = None
+        if pending or deflated:
+            self._write_pending(pending, deflated)
+        if delivered_by_type:
+            delivered_by = self._stats.delivered_by_category
+            for type_, count in delivered_by_type.items():
+                category = type_.partition(".")[0]
+                delivered_by[category] = delivered_by.get(category, 0) + count
+            self._stats.delivered += sum(delivered_by_type.values())
         self._evict_slow_consumers()
+
+    def _write_plan(self, recipients: list[ServerConnection], record: Record) -> _WritePlan:
+        """How to write to ``recipients`` (a ``route()`` answer); cached until clients change.
+
+        Each batched recipient is put in the group of its patterns, filter and options
+        (joining one, or moving when its subscription changed). A group's member that is
+        not a recipient has a subscription of its own now: it leaves (after a flush) and
+        joins its new group when it next is one. So every member of a planned group is a
+        recipient, and a group's batch goes to exactly the clients that should get it.
+        """
+        writes = self._writes
+        route_key = (record.type, record.correlation_id)
+        plan = writes.plans_by_route.get(route_key)
+        if plan is not None and plan.recipients == recipients:
+            return plan  # the same recipients in a list built afresh (correlation filters)
+        batches = self._batches
+        plain: list[ServerConnection] = []
+        deflate: list[ServerConnection] = []
+        groups: dict[_BatchGroup, int] = {}
+        for connection in recipients:
+            batch = batches.get(connection)
+            if batch is None:
+                (deflate if connection.protocol.extensions else plain).append(connection)
+            else:
+                group = self._place_in_group(connection, batch)
+                groups[group] = groups.get(group, 0) + 1
+        for group, count in groups.items():
+            if count < len(group.members):
+                wanted = set(recipients)
+                for member in [m for m in group.members if m not in wanted]:
+                    self._leave_group(member, batches[member], flush=True)
+        plan = _WritePlan(recipients, plain, deflate, list(groups))
+        if len(writes.plans) >= _PLAN_CACHE_SIZE:
+            writes.forget_plans()
+        writes.plans[id(recipients)] = plan
+        writes.plans_by_route[route_key] = plan
+        return plan
+
+    def _write_pending(
+        self,
+        pending: dict[ServerConnection, list[bytes]],
+        deflated: dict[ServerConnection, list[bytes]],
+    ) -> None:
+        """Write each connection's frames of this turn at once."""
+        limit = self.settings.client_buffer_limit
+        suspects = self._writes.suspects
+        for connection, frames in pending.items():
+            transport = connection.transport
+            if transport.is_closing():
+                suspects.append(connection)
+            elif connection.protocol.state is _OPEN:
+                try:
+                    transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                except Exception as exc:  # as broadcast(): one connection never stops the rest
+                    _log_write_failure(connection, exc)
+                if transport.get_write_buffer_size() > limit:
+                    suspects.append(connection)
+        for connection, messages_ in deflated.items():
+            for message in messages_:
+                self._write_message((connection,), message)
+
+    def _write_message(self, connections: Iterable[ServerConnection], message: bytes) -> None:
+        """Write one text message to each connection; framed once for all uncompressed ones.
+
+        During a ``_deliver`` call it joins that call's writes instead.
+        """
+        writes = self._writes
+        frame = b""
+        if writes.pending is not None and writes.deflated is not None:
+            for connection in connections:
+                if connection.protocol.extensions:
+                    writes.deflated.setdefault(connection, []).append(message)
+                else:
+                    if not frame:
+                        frame = _text_frame(message)
+                    writes.pending.setdefault(connection, []).append(frame)
+            return
+        limit = self.settings.client_buffer_limit
+        suspects = writes.suspects
+        for connection in connections:
+            transport = connection.transport
+            if transport.is_closing():
+                suspects.append(connection)
+                continue
+            protocol = connection.protocol
+            if protocol.state is not _OPEN:
+                continue
+            try:
+                if protocol.extensions:  # permessage-deflate: websockets compresses it
+                    protocol.send_text(message)
+                    connection.send_data()
+                else:
+                    if not frame:
+                        frame = _text_frame(message)
+                    transport.write(frame)
+            except Exception as exc:  # as broadcast(): one connection never stops the rest
+                _log_write_failure(connection, exc)
+            if transport.get_write_buffer_size() > limit:
+                suspects.append(connection)
 
     def _drain_all(self) -> None:
         while self._pending and not self.store.shared:
@@ -580,57 +803,126 @@ class Broadcaster:
 
     # -- batched delivery (clients that subscribed with "batch") -------------------------
 
-    def _collect_batched(
-        self, targets: list[ServerConnection], frame: bytes
-    ) -> list[ServerConnection]:
-        """Queue ``frame`` for the batched targets; return the targets sent to directly."""
-        batches = self._batches
-        direct = []
-        for connection in targets:
-            batch = batches.get(connection)
-            if batch is None:
-                direct.append(connection)
-                continue
-            batch.frames.append(frame)
-            if len(batch.frames) >= batch.options.max_events:
-                self._flush_batch(connection)
-        return direct
+    def _collect_batched(self, groups: list[_BatchGroup], frame: bytes, now: float) -> None:
+        """Queue ``frame`` once in each group; send a group's batch once it is full."""
+        due = self._writes.due
+        for group in groups:
+            frames = group.frames
+            if not frames:
+                delay = group.options.max_delay_ms / 1000.0
+                group.deadline = now + delay - min(_BATCH_LEAD, delay / 2)
+                due[group] = None
+            frames.append(frame)
+            if len(frames) >= group.options.max_events:
+                self._flush_group(group)
 
     def _schedule_batches(self) -> None:
+        """Send the batches whose time has come; set the one timer for the next."""
+        writes = self._writes
+        due = writes.due
+        if not due:
+            return
         assert self._loop is not None
-        for connection, batch in self._batches.items():
-            if batch.frames and batch.timer is None:
-                delay = batch.options.max_delay_ms / 1000.0
-                if delay <= 0:
-                    self._flush_batch(connection)
-                else:
-                    batch.timer = self._loop.call_later(delay, self._flush_batch, connection)
+        now = self._loop.time() + _BATCH_SLACK
+        for group in [group for group in due if group.deadline <= now]:
+            self._flush_group(group)
+        if due:
+            earliest = min(group.deadline for group in due)
+            timer = writes.timer
+            if timer is None or earliest < writes.timer_at:
+                if timer is not None:
+                    timer.cancel()
+                writes.timer = self._loop.call_at(earliest, self._flush_due_batches)
+                writes.timer_at = earliest
+
+    def _flush_due_batches(self) -> None:
+        self._writes.timer = None
+        self._schedule_batches()
+        self._evict_slow_consumers()
 
     def _flush_batch(self, connection: ServerConnection) -> None:
+        """Send what waits for ``connection`` now: its own frames, then its group's batch.
+
+        The group's batch goes to all its members at once (earlier than their window:
+        never later, and never to one of them twice).
+        """
         batch = self._batches.get(connection)
         if batch is None:
             return
-        if batch.timer is not None:
-            batch.timer.cancel()
-            batch.timer = None
         if batch.frames:
             frames, batch.frames = batch.frames, []
-            broadcast(
-                (connection,),
-                b'{"type":"websocket.batch","timestamp":%d,"payload":{"events":[%b]}}'
-                % (messages.now_ms(), b",".join(frames)),
-                text=True,
+            self._write_message(
+                (connection,), _BATCH_MESSAGE % (messages.now_ms(), b",".join(frames))
             )
+        if batch.group is not None:
+            self._flush_group(batch.group)
+
+    def _flush_group(self, group: _BatchGroup) -> None:
+        frames = group.frames
+        if not frames:
+            return
+        group.frames = []
+        self._writes.due.pop(group, None)
+        self._write_message(group.members, _BATCH_MESSAGE % (messages.now_ms(), b",".join(frames)))
+
+    def _place_in_group(self, connection: ServerConnection, batch: _Batch) -> _BatchGroup:
+        """The batch group of a routed client, joining or changing group as its key says."""
+        index = self._index
+        key = (
+            frozenset(index.subscriptions(connection)),
+            index.filter_of(connection),
+            batch.options,
+        )
+        group = batch.group
+        if group is not None:
+            if group.key == key:
+                return group
+            self._leave_group(connection, batch, flush=True)
+        writes = self._writes
+        group = writes.groups.get(key)
+        if group is None:
+            group = writes.groups[key] = _BatchGroup(key, batch.options)
+        else:
+            self._flush_group(group)  # what it holds was routed before this client joined
+        group.members[connection] = None
+        batch.group = group
+        writes.forget_plans()
+        return group
+
+    def _leave_group(self, connection: ServerConnection, batch: _Batch, flush: bool) -> None:
+        """Take a client out of its group, first sending the group's batch when ``flush``."""
+        group = batch.group
+        if group is None:
+            return
+        if flush:
+            self._flush_group(group)
+        batch.group = None
+        group.members.pop(connection, None)
+        writes = self._writes
+        if not group.members:
+            if writes.groups.get(group.key) is group:
+                del writes.groups[group.key]
+            writes.due.pop(group, None)
+        writes.forget_plans()
 
     def _evict_slow_consumers(self) -> None:
+        """Act on the connections a write found lost or past ``client_buffer_limit``.
+
+        A lost one (the peer vanished) stops being routed to; a slow one is dropped as a
+        slow consumer.
+        """
+        suspects = self._writes.suspects
+        if not suspects:
+            return
+        self._writes.suspects = []
         limit = self.settings.client_buffer_limit
-        index = self._index
-        for connection in list(self._clients):
+        for connection in dict.fromkeys(suspects):
             transport = connection.transport
             if transport.is_closing():
-                # Lost under us (the peer vanished): stop writing to it now rather than
-                # until its handler notices, which asyncio would log once per write.
-                index.remove_subscriber(connection)
+                # Stop writing to it now rather than when its handler notices, which
+                # asyncio would log once per write.
+                self._index.remove_subscriber(connection)
+                self._drop_batch(connection)
             elif transport.get_write_buffer_size() > limit:
                 self._drop_slow(connection)
 
@@ -969,14 +1261,19 @@ class Broadcaster:
             self._batches[connection] = _Batch(options)
 
     def _drop_batch(self, connection: ServerConnection) -> None:
+        """Stop batching for ``connection``, discarding what waits for it alone.
+
+        Called for every client that leaves, too: no write plan keeps it afterwards.
+        """
         batch = self._batches.pop(connection, None)
-        if batch is not None and batch.timer is not None:
-            batch.timer.cancel()
+        if batch is not None:
+            self._leave_group(connection, batch, flush=False)
+        self._writes.forget_plans()
 
     def _send(self, connection: ServerConnection, frame: bytes) -> None:
         if connection in self._batches:
             self._flush_batch(connection)  # keep the stream order: queued events go first
-        broadcast((connection,), frame, text=True)
+        self._write_message((connection,), frame)
 
     def _reject(self, connection: ServerConnection, state: ClientState, exc: ProtocolError) -> None:
         state.errors += 1
@@ -1483,6 +1780,37 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """``payload`` as one final, unmasked WebSocket text frame: what a server sends."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length) + payload
+    return struct.pack("!BBQ", 0x81, 127, length) + payload
+
+
+def _log_write_failure(connection: ServerConnection, exc: Exception) -> None:
+    state = getattr(connection, "evkit_state", None)
+    client = state.client_id if isinstance(state, ClientState) else _address(connection)
+    logger.warning("skipped a write to client %s: %r", client, exc)
+
+
+def _spread(
+    frames: list[bytes],
+    connections: list[ServerConnection],
+    pending: dict[ServerConnection, list[bytes]],
+) -> None:
+    """Queue ``frames``, joined once, for each of ``connections``."""
+    chunk = frames[0] if len(frames) == 1 else b"".join(frames)
+    for connection in connections:
+        queued = pending.get(connection)
+        if queued is None:
+            pending[connection] = [chunk]
+        else:
+            queued.append(chunk)
 
 
 def _peek(counter: itertools.count[int]) -> int:

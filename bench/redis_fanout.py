@@ -64,8 +64,8 @@ from typing import Any
 
 import orjson
 import websockets
-from _timing_clients import CreditPacer, EventBoard, EventClients, RunAborted, wait_until
-from common import OtherLoad
+from _timing_clients import CreditPacer, EventBoard, EventClients
+from common import OtherLoad, RunAborted, wait_until
 
 HOST = "127.0.0.1"
 PATH = "/ws/events"

@@ -655,7 +655,7 @@ def pin(mode: str) -> Placement:
     return Placement(None, max(1, len(available)), "unpinned")
 
 
-def _evkit_revision() -> str:
+def evkit_revision() -> str:
     """The commit evkit was measured at, and whether its sources differ from it."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environment = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not touch the index
@@ -687,7 +687,7 @@ def versions(evkit_version: str) -> str:
 
     return (
         f"{platform.python_implementation()} {platform.python_version()}, websockets "
-        f"{websockets.__version__}, evkit {evkit_version} ({_evkit_revision()}),"
+        f"{websockets.__version__}, evkit {evkit_version} ({evkit_revision()}),"
         f" {os.cpu_count()} CPUs"
     )
 

@@ -65,7 +65,7 @@ from typing import Any
 import orjson
 import websockets
 from _timing_clients import CreditPacer, EventBoard, EventClients
-from common import OtherLoad, RunAborted, wait_until
+from common import OtherLoad, RunAborted, evkit_revision, wait_until
 
 HOST = "127.0.0.1"
 PATH = "/ws/events"
@@ -454,31 +454,6 @@ def summarize(results: Sequence[RunResult], systems: Sequence[str]) -> dict[str,
     finished = [r for r in results if not r.error]
     row["others"] = max((r.others.seconds / r.seconds for r in finished), default=0.0)
     return row
-
-
-def evkit_revision() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    try:
-        commit = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-            env=environment,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "-C", root, "status", "--porcelain", "--", "evkit"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-            env=environment,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "commit unknown"
-    return f"commit {commit}{' with local changes' if changed else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:

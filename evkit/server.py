@@ -404,7 +404,7 @@ class Broadcaster:
                 await store.start(
                     self._pending,
                     self._deliver_read,
-                    self._count_written,
+                    self._count_published,
                     functools.partial(self._stream_broken, "event stream reset"),
                     functools.partial(self._stream_broken, "event stream gap"),
                 )
@@ -563,16 +563,11 @@ class Broadcaster:
             return
         pending = self._pending
         append = self.store.append
-        stats = self._stats
         last_id = self._last_id
-        published_by = stats.published_by_category
-        latency_counts = stats.latency_counts
-        latency_sum = 0.0
-        now = time.perf_counter()
         chunk = min(_DRAIN_CHUNK, max(1, _DRAIN_DELIVERIES // max(1, len(self._clients))))
+        items = [pending.popleft() for _ in range(min(len(pending), chunk))]
         records = []
-        for _ in range(min(len(pending), chunk)):
-            event, correlation_id, payload_json, stamp = pending.popleft()
+        for event, correlation_id, payload_json, _ in items:
             type_ = event.type
             last_id += 1
             event_id = str(last_id)
@@ -586,14 +581,8 @@ class Broadcaster:
             )
             append(record)
             records.append(record)
-            category = type_.partition(".")[0]
-            published_by[category] = published_by.get(category, 0) + 1
-            waited = now - stamp
-            latency_sum += waited
-            latency_counts[bisect.bisect_left(LATENCY_BUCKETS, waited)] += 1
-        stats.latency_sum += latency_sum
-        stats.published += last_id - self._last_id
         self._last_id = last_id
+        self._count_published(items)
         self._deliver(records)
         if pending and not self._wakeup_scheduled and self._loop is not None:
             self._wakeup_scheduled = True
@@ -604,18 +593,20 @@ class Broadcaster:
         self._last_id = self.store.last_id
         self._deliver(records)
 
-    def _count_written(self, items: list[tuple[Event, str | None, bytes, float]]) -> None:
-        """Count events this instance appended to the shared stream."""
+    def _count_published(self, items: list[tuple[Event, str | None, bytes, float]]) -> None:
+        """Count events handed out: by category, and how long they waited since emit()."""
         stats = self._stats
         published_by = stats.published_by_category
         latency_counts = stats.latency_counts
+        latency_sum = 0.0
         now = time.perf_counter()
         for event, _, _, stamp in items:
             category = event.type.partition(".")[0]
             published_by[category] = published_by.get(category, 0) + 1
             waited = now - stamp
-            stats.latency_sum += waited
+            latency_sum += waited
             latency_counts[bisect.bisect_left(LATENCY_BUCKETS, waited)] += 1
+        stats.latency_sum += latency_sum
         stats.published += len(items)
 
     def _stream_broken(self, reason: str) -> None:

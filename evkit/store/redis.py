@@ -516,13 +516,13 @@ class RedisStore(Store):
         self._gap()
 
     def _parse(
-        self, entries: list[tuple[Any, dict[bytes, bytes]]], seen: dict[bytes, int]
+        self, entries: list[tuple[bytes, dict[bytes, bytes]]], seen: dict[bytes, int]
     ) -> tuple[list[Record], str]:
         """Records of stream entries, skipping repeated writes; and the last entry's id."""
-        records = []
-        newest = self._position
+        records: list[Record] = []
+        append = records.append
+        encode_event = messages.encode_event
         for raw_id, fields in entries:
-            newest = _text(raw_id)
             origin = fields.get(b"o")
             if origin is not None:
                 producer, _, number = origin.rpartition(b":")
@@ -545,26 +545,31 @@ class RedisStore(Store):
                     if correlation is not None:
                         messages.validate_correlation_id(correlation.decode())
             except (KeyError, ValueError, ProtocolError) as exc:
-                self.malformed += 1
-                if self.malformed == 1 or self.malformed % 10_000 == 0:
-                    logger.warning(
-                        "skipped a malformed entry %s in Redis stream %s (%d so far): %r",
-                        newest,
-                        self.stream,
-                        self.malformed,
-                        exc,
-                    )
+                self._skip_malformed(raw_id, exc)
                 continue
-            records.append(
+            ms, _, seq = raw_id.partition(b"-")
+            append(
                 Record(
-                    parse_stream_id(newest),
+                    int(ms) << _SEQ_BITS | int(seq),
                     timestamp,
                     type_,
                     correlation.decode() if correlation is not None else None,
-                    messages.encode_event(type_, timestamp, newest, payload_json),
+                    encode_event(type_, timestamp, raw_id.decode(), payload_json),
                 )
             )
+        newest = _text(entries[-1][0]) if entries else self._position
         return records, newest
+
+    def _skip_malformed(self, raw_id: bytes, exc: Exception) -> None:
+        self.malformed += 1
+        if self.malformed == 1 or self.malformed % 10_000 == 0:
+            logger.warning(
+                "skipped a malformed entry %s in Redis stream %s (%d so far): %r",
+                _text(raw_id),
+                self.stream,
+                self.malformed,
+                exc,
+            )
 
     # -- epoch, recent history, health ----------------------------------------------------------
 

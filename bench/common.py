@@ -45,6 +45,8 @@ from multiprocessing.sharedctypes import RawArray
 from typing import Any, Protocol
 
 import orjson
+from websockets.asyncio.server import Server as WebSocketServer
+from websockets.asyncio.server import ServerConnection, serve
 
 __all__ = [
     "CPU_BOUND",
@@ -598,6 +600,69 @@ class OtherLoad:
 
 
 # -- what every script does alike ---------------------------------------------------------
+
+
+class BareBroadcastServer:
+    """A bare websockets server on its own loop thread: the reference the scripts measure.
+
+    It accepts clients and never reads from them; subclasses add ``produce``, which
+    broadcasts on ``self.loop``. Configured as evkit's Broadcaster configures serve().
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="reference-loop", daemon=True
+        )
+        self.thread.start()
+        self.connections: set[ServerConnection] = set()
+        self.server: WebSocketServer = self.run(self._start(), 10)
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    def run(self, coroutine: Any, timeout: float | None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _start(self) -> WebSocketServer:
+        async def handler(connection: ServerConnection) -> None:
+            self.connections.add(connection)
+            try:
+                await connection.wait_closed()
+            finally:
+                self.connections.discard(connection)
+
+        # The settings evkit's Broadcaster passes to serve(), where they apply.
+        return await serve(
+            handler,
+            self.host,
+            0,
+            compression=None,
+            max_queue=64,
+            ping_interval=20.0,
+            close_timeout=2,
+        )
+
+    def client_count(self) -> int:
+        return len(self.connections)
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), 1.5)
+            current = asyncio.current_task()
+            tasks = [task for task in asyncio.all_tasks() if task is not current]
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 1.0)
+
+        with contextlib.suppress(Exception):
+            self.run(shutdown(), 3)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(1)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class RunAborted(Exception):

@@ -32,18 +32,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import logging
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from common import (
+    BareBroadcastServer,
     ClientBoard,
     CoreUsage,
     LoopLag,
@@ -59,8 +58,7 @@ from common import (
     wait_until,
     warn_if_noisy,
 )
-from websockets.asyncio.server import Server as WebSocketServer
-from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.asyncio.server import broadcast
 
 HOST = "127.0.0.1"
 PATH = "/ws/events"
@@ -198,43 +196,8 @@ def reference_frame(events: int) -> bytes:
 # -- the reference server -------------------------------------------------------------
 
 
-class ReferenceServer:
+class ReferenceServer(BareBroadcastServer):
     """A bare websockets server on its own loop thread; only ever broadcasts."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="reference-loop", daemon=True
-        )
-        self.thread.start()
-        self.connections: set[ServerConnection] = set()
-        self.server: WebSocketServer = self.run(self._start(), 10)
-        self.port: int = self.server.sockets[0].getsockname()[1]
-
-    def run(self, coroutine: Any, timeout: float | None) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    async def _start(self) -> WebSocketServer:
-        async def handler(connection: ServerConnection) -> None:
-            self.connections.add(connection)
-            try:
-                await connection.wait_closed()
-            finally:
-                self.connections.discard(connection)
-
-        # The settings evkit's Broadcaster passes to serve(), where they apply.
-        return await serve(
-            handler,
-            HOST,
-            0,
-            compression=None,
-            max_queue=64,
-            ping_interval=20.0,
-            close_timeout=2,
-        )
-
-    def client_count(self) -> int:
-        return len(self.connections)
 
     async def produce(self, frame: bytes, pacer: Pacer) -> float:
         """Broadcast ``frame`` ``pacer.events`` times under its credit rule; return the start."""
@@ -257,25 +220,6 @@ class ReferenceServer:
             sent += count
             await asyncio.sleep(0)
         return started
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            self.server.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 1.5)
-            current = asyncio.current_task()
-            tasks = [task for task in asyncio.all_tasks() if task is not current]
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 1.0)
-
-        with contextlib.suppress(Exception):
-            self.run(shutdown(), 3)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(1)
-        if not self.thread.is_alive():
-            self.loop.close()
 
 
 # -- one run ---------------------------------------------------------------------------

@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +47,7 @@ from typing import Any
 
 from _timing_clients import EventBoard, EventClients, Pace, emit_at_rate, percentile
 from common import (
+    BareBroadcastServer,
     CoreUsage,
     LoopLag,
     OtherLoad,
@@ -61,8 +60,7 @@ from common import (
     wait_until,
     warn_if_noisy,
 )
-from websockets.asyncio.server import Server as WebSocketServer
-from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.asyncio.server import broadcast
 
 HOST = "127.0.0.1"
 PATH = "/ws/events"
@@ -74,36 +72,10 @@ SYSTEMS = ("reference", "evkit", "evkit batch=100,5")
 BATCH = (100, 5.0)  # events per frame, milliseconds
 
 
-class ReferenceServer:
+class ReferenceServer(BareBroadcastServer):
     """A bare websockets server on its own loop thread; only ever broadcasts."""
 
     FRAME = b'{"type":"%b","timestamp":%d,"id":"%d","payload":{"seq":%d,"sentNs":%d}}'
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="reference-loop", daemon=True
-        )
-        self.thread.start()
-        self.connections: set[ServerConnection] = set()
-        self.server: WebSocketServer = self.run(self._start(), 10)
-        self.port: int = self.server.sockets[0].getsockname()[1]
-
-    def run(self, coroutine: Any, timeout: float | None) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    async def _start(self) -> WebSocketServer:
-        async def handler(connection: ServerConnection) -> None:
-            self.connections.add(connection)
-            try:
-                await connection.wait_closed()
-            finally:
-                self.connections.discard(connection)
-
-        # The settings evkit's Broadcaster passes to serve(), where they apply.
-        return await serve(
-            handler, HOST, 0, compression=None, max_queue=64, ping_interval=20.0, close_timeout=2
-        )
 
     async def produce(self, rate: float, events: int, deadline: float) -> Pace:
         """Broadcast ``events`` frames at ``rate`` per second, each stamped as it goes."""
@@ -127,19 +99,6 @@ class ReferenceServer:
             )
         pace.finished = monotonic()
         return pace
-
-    def stop(self) -> None:
-        async def close() -> None:
-            self.server.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 1.5)
-
-        with contextlib.suppress(Exception):
-            self.run(close(), 2)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(1)
-        if not self.thread.is_alive():
-            self.loop.close()
 
 
 @dataclass

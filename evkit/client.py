@@ -109,6 +109,7 @@ class Subscriber:
         self._connected = asyncio.Event()
         self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=64)
         self._control = asyncio.Lock()
+        self._last_gap: tuple[Any, str | None] | None = None
 
     # -- connection loop ------------------------------------------------------------------
 
@@ -187,12 +188,20 @@ class Subscriber:
         stats = self.stats
         on_event = self.on_event
         welcome_position: str | None = None
+        gap_announced = False
+        # The epoch of this connection's stream, adopted with its first id: until then
+        # the cursor is an id of the stream it was read on (a resume cut before any event
+        # of a new stream resumes from the old one's cursor again, not from a meaningless
+        # position in the new one).
+        new_epoch: str | None = None
         async for raw in ws:
             message = orjson.loads(raw)
             event_id = message.get("id")
             if event_id is not None:
                 stats.received += 1
                 stats.last_id = event_id
+                if new_epoch is not None:
+                    stats.epoch, new_epoch = new_epoch, None
                 on_event(message)
                 continue
             kind = message.get("type")
@@ -202,6 +211,8 @@ class Subscriber:
                 if events:
                     stats.received += len(events)
                     stats.last_id = events[-1].get("id", stats.last_id)
+                    if new_epoch is not None:
+                        stats.epoch, new_epoch = new_epoch, None
                     if self.on_events is not None:
                         self.on_events(events)
                     else:
@@ -210,21 +221,28 @@ class Subscriber:
                 continue
             if kind == "websocket.connected":
                 stats.client_id = payload.get("clientId")
-                stats.epoch = payload.get("epoch", stats.epoch)
+                epoch = payload.get("epoch", stats.epoch)
                 welcome_position = payload.get("lastId")
                 if stats.last_id is None:
                     # No event yet: resume from the stream's position at subscription, so
                     # what is emitted while a first connection is down is still replayed.
                     stats.last_id = welcome_position
+                    stats.epoch = epoch
+                elif epoch != stats.epoch:
+                    new_epoch = epoch
                 stats.state = "connected"
                 self._connected.set()
+            elif kind == "websocket.gap":
+                # Announced before the replayed events after the gap: counted now, so a
+                # connection cut before websocket.replayed still leaves it counted.
+                gap_announced = True
+                self._count_gap(payload)
             elif kind == "websocket.replayed":
                 stats.replayed += int(payload.get("count", 0))
-                if payload.get("complete") is False:
-                    stats.gaps += 1
-                    if len(stats.gap_reports) < 100:
-                        stats.gap_reports.append(payload)
-                    logger.warning("resumed with a gap: %s", payload)
+                if payload.get("complete") is False and not gap_announced:
+                    self._count_gap(payload)  # a server that does not announce gaps
+                gap_announced = False
+                new_epoch = None
                 stats.epoch = payload.get("epoch", stats.epoch)
                 covered = payload.get("lastId") or welcome_position
                 if covered is not None:
@@ -237,6 +255,18 @@ class Subscriber:
                     self._replies.put_nowait(message)
             if self.on_message is not None:
                 self.on_message(message)
+
+    def _count_gap(self, report: dict[str, Any]) -> None:
+        stats = self.stats
+        # The same gap announced again (a resume cut before it got past it) counts once.
+        key = (report.get("since"), stats.epoch)
+        if key == self._last_gap:
+            return
+        self._last_gap = key
+        stats.gaps += 1
+        if len(stats.gap_reports) < 100:
+            stats.gap_reports.append(report)
+        logger.warning("resumed with a gap: %s", report)
 
     @property
     def stopping(self) -> bool:

@@ -82,7 +82,7 @@ def connect(
     max_buffer: int = 100_000,
     batch_size: int = 500,
     flush_interval: float = 0.05,
-    redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
+    redact_keys: Iterable[str] = (),
     connect_timeout: float = 10.0,
     max_message_size: int = 64 * 1024,
     messages_per_second: float = 150.0,
@@ -108,8 +108,9 @@ def connect(
         flush_interval: longest an event waits, in seconds, for more to batch with
             (a full batch, :meth:`~Forwarder.flush` and :meth:`~Forwarder.stop` go at
             once).
-        redact_keys: payload keys (any depth, case-insensitive) whose values are
-            replaced by ``[redacted]`` before anything leaves the process.
+        redact_keys: payload keys (any depth; case and separators ignored) whose values
+            are replaced by ``[redacted]`` before anything leaves the process, besides
+            the default patterns of :mod:`evkit.redaction`.
         connect_timeout: seconds to wait for the first connection, and for each
             later handshake.
         max_message_size: most bytes in one message; must not exceed the server's
@@ -182,7 +183,7 @@ class Forwarder:
         max_buffer: int = 100_000,
         batch_size: int = 500,
         flush_interval: float = 0.05,
-        redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
+        redact_keys: Iterable[str] = (),
         connect_timeout: float = 10.0,
         max_message_size: int = 64 * 1024,
         messages_per_second: float = 150.0,

@@ -25,6 +25,7 @@ from evkit.patterns import validate_patterns
 __all__ = [
     "CONNECTED",
     "ERROR",
+    "GAP",
     "MAX_CORRELATION_ID_LENGTH",
     "PONG",
     "REPLAYED",
@@ -55,6 +56,7 @@ SUBSCRIBED: Final = "websocket.subscribed"
 UNSUBSCRIBED: Final = "websocket.unsubscribed"
 ERROR: Final = "websocket.error"
 REPLAYED: Final = "websocket.replayed"
+GAP: Final = "websocket.gap"
 BATCH: Final = "websocket.batch"
 PONG: Final = "pong"
 

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_PATTERN_LENGTH",
     "Matcher",
     "SubscriptionIndex",
+    "compile_glob",
     "compile_pattern",
     "matches",
     "validate_pattern",
@@ -96,20 +97,97 @@ def validate_patterns(patterns: object) -> list[str]:
 def compile_pattern(pattern: str) -> Matcher:
     """Return a predicate telling whether an event type matches ``pattern``.
 
-    The pattern must already be valid (see :func:`validate_pattern`).
+    The pattern must already be valid (see :func:`validate_pattern`). Matching never
+    backtracks: its cost grows linearly with the type's length, at most by a factor of
+    the pattern's length (:data:`MAX_PATTERN_LENGTH`), whatever the pattern.
     """
-    if pattern == "*":
-        return lambda event_type: True
-    if "*" not in pattern and "?" not in pattern:
-        return pattern.__eq__
-    body = pattern[:-1]
-    if pattern.endswith("*") and "*" not in body and "?" not in body:
-        return lambda event_type: event_type.startswith(body)
-    regex = re.compile(
-        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
-        re.DOTALL,
-    )
-    return lambda event_type: regex.fullmatch(event_type) is not None
+    return compile_glob(pattern)
+
+
+def compile_glob(pattern: str, one: str = ".") -> Matcher:
+    """A non-backtracking matcher of a glob whose ``*`` matches any run of characters.
+
+    ``one`` is the regular expression of one character that ``?`` matches (``.``: any).
+    The pattern is cut at its ``*``; the first piece must start the text, the last end
+    it, and each piece between is found at its leftmost place after the one before.
+    Taking the leftmost place always leaves the most room to the pieces after it, so
+    nothing is ever tried twice: a fixed-length search per piece, once over the text.
+    """
+    pieces = _STARS.split(pattern)
+    if len(pieces) == 1:
+        if "?" not in pattern:
+            return pattern.__eq__
+        whole = _piece_regex(pattern, one)
+        return lambda text: whole.fullmatch(text) is not None
+    first, *middle, last = pieces
+    if not middle and "?" not in pattern:
+        if not first and not last:
+            return _any
+        if not last:
+            return lambda text: text.startswith(first)
+        if not first:
+            return lambda text: text.endswith(last)
+        shortest = len(first) + len(last)
+        return lambda text: len(text) >= shortest and text.startswith(first) and text.endswith(last)
+    return _PieceMatcher(first, middle, last, one)
+
+
+_STARS = re.compile(r"\*+")
+
+
+def _any(text: str) -> bool:
+    return True
+
+
+def _piece_regex(piece: str, one: str) -> re.Pattern[str]:
+    # Literals and single-character wildcards only: a fixed-length regex cannot backtrack.
+    return re.compile("".join(one if c == "?" else re.escape(c) for c in piece), re.DOTALL)
+
+
+class _PieceMatcher:
+    """A glob with ``*`` in the middle, or ``?`` anywhere: see :func:`compile_glob`."""
+
+    __slots__ = ("_first", "_head", "_last", "_middle", "_shortest", "_tail")
+
+    def __init__(self, first: str, middle: list[str], last: str, one: str) -> None:
+        self._first = first
+        self._last = last
+        self._head = _piece_regex(first, one) if "?" in first else None
+        self._tail = _piece_regex(last, one) if "?" in last else None
+        self._shortest = len(first) + len(last) + sum(map(len, middle))
+        self._middle = [
+            (piece, _piece_regex(piece, one) if "?" in piece else None, len(piece))
+            for piece in middle
+        ]
+
+    def __call__(self, text: str) -> bool:
+        if len(text) < self._shortest:
+            return False
+        head, tail = self._head, self._tail
+        if head is None:
+            if not text.startswith(self._first):
+                return False
+        elif head.match(text) is None:
+            return False
+        end = len(text) - len(self._last)
+        if tail is None:
+            if not text.endswith(self._last):
+                return False
+        elif tail.fullmatch(text, end) is None:
+            return False
+        position = len(self._first)
+        for piece, regex, length in self._middle:
+            if regex is None:
+                found = text.find(piece, position, end)
+                if found < 0:
+                    return False
+                position = found + length
+            else:
+                match = regex.search(text, position, end)
+                if match is None:
+                    return False
+                position = match.end()
+        return True
 
 
 def matches(pattern: str, event_type: str) -> bool:

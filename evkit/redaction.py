@@ -1,10 +1,25 @@
 """Redaction of sensitive payload keys before an event leaves the process or is stored.
 
-A key matches when its lower-cased name is in the configured set (default:
-``password``, ``secret``, ``token``, ``authorization``, ``api_key``, ``cookie``), at any
-depth, in dicts, in lists and tuples of them, and in dataclass instances (which JSON
-encoding turns into objects too). Matching values are replaced by
-:data:`REDACTED`; the caller's payload is never modified (a changed copy is returned).
+A key is compared in a normalised form: lower-cased, with ``-``, ``_``, ``.`` and
+spaces removed, so ``X-Auth-Token``, ``x_auth_token`` and ``xAuthToken`` are the same
+key. It is sensitive when
+
+- the default patterns match anywhere in it (unless turned off with
+  ``defaults=False``): ``passw`` (password, passwd), ``passphrase``, ``pwd`` at the end,
+  ``secret``, ``token`` (but not ``tokens``, ``tokenCount``, ``tokenUsage``,
+  ``tokenLimit``, ``tokenType``, ``tokenizer``: counts of a language model's tokens are
+  not credentials), ``apikey``, ``accesskey``, ``privatekey``, ``encryptionKey``,
+  ``signingKey``, ``masterKey``, ``sessionKey``, ``auth`` (but not
+  ``author``), ``bearer``, ``cookie``, ``credential``, ``signature``, and ``session``
+  at the end of the key (``session``, ``userSession``; ``sessionId``, a name the wire
+  protocol's ``claude.session.*`` events carry, is an identifier and stays);
+- or it equals one of the custom keys given, normalised the same way; a custom key
+  with ``*`` is a glob over the normalised key (``*ssn`` matches ``userSsn``).
+
+Custom keys add to the defaults. Matching values are replaced by :data:`REDACTED` at
+any depth, in dicts, in lists and tuples of them, and in dataclass instances (which
+JSON encoding turns into objects too); the caller's payload is never modified (a
+changed copy is returned).
 
 Pure: plain values in, plain values out.
 """
@@ -12,15 +27,32 @@ Pure: plain values in, plain values out.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["DEFAULT_REDACT_KEYS", "REDACTED", "Redactor"]
+from evkit.patterns import compile_glob
 
+__all__ = ["DEFAULT_REDACT_KEYS", "DEFAULT_REDACT_PATTERN", "REDACTED", "Redactor", "normalise_key"]
+
+#: The key names redacted before patterns were used; all of them match the default
+#: patterns, so passing them as custom keys changes nothing.
 DEFAULT_REDACT_KEYS = ("password", "secret", "token", "authorization", "api_key", "cookie")
+#: What the default patterns look for in a normalised key (see the module docstring).
+DEFAULT_REDACT_PATTERN = re.compile(
+    r"passw|passphrase|pwd$|secret|token(?!s|count|usage|limit|type|iz)|apikey|accesskey"
+    r"|privatekey|(?:encryption|signing|master|session)key|auth(?!or(?!iz))|bearer|cookie"
+    r"|credential|signature|session$"
+)
 REDACTED = "[redacted]"
 _SAFE_CACHE_LIMIT = 10_000
 _SCALARS = (str, int, float, bool, type(None))
+_SEPARATORS = str.maketrans("", "", "-_. ")
+
+
+def normalise_key(key: str) -> str:
+    """``key`` as redaction compares it: lower case, without ``-``, ``_``, ``.`` or spaces."""
+    return key.lower().translate(_SEPARATORS)
 
 
 def _fields(value: Any) -> dict[str, Any] | None:
@@ -31,15 +63,36 @@ def _fields(value: Any) -> dict[str, Any] | None:
 
 
 class Redactor:
-    """Replaces the values of sensitive keys; cheap when a payload has none."""
+    """Replaces the values of sensitive keys; cheap when a payload has none.
 
-    def __init__(self, keys: Iterable[str] = DEFAULT_REDACT_KEYS) -> None:
-        self.keys = frozenset(k.lower() for k in keys)
+    Args:
+        keys: custom keys to redact besides the defaults (exact names after
+            normalisation, or globs with ``*``).
+        defaults: whether the default patterns apply (see the module docstring).
+    """
+
+    def __init__(self, keys: Iterable[str] = (), *, defaults: bool = True) -> None:
+        normalised = [normalise_key(key) for key in keys]
+        self.keys = frozenset(key for key in normalised if "*" not in key and "?" not in key)
+        self._globs = [compile_glob(key) for key in normalised if "*" in key or "?" in key]
+        self.defaults = defaults
         self._safe: set[str] = set()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any key can be sensitive."""
+        return self.defaults or bool(self.keys) or bool(self._globs)
+
+    def sensitive(self, key: str) -> bool:
+        """Whether the value of ``key`` is redacted (not cached: see ``_is_sensitive``)."""
+        name = normalise_key(key)
+        if name in self.keys or any(glob(name) for glob in self._globs):
+            return True
+        return self.defaults and DEFAULT_REDACT_PATTERN.search(name) is not None
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         """``payload`` itself when nothing matches, else a redacted copy."""
-        if not self.keys or self._flat_and_known(payload) or not self._needs(payload):
+        if not self.enabled or self._flat_and_known(payload) or not self._needs(payload):
             return payload
         result = self._redact(payload)
         assert isinstance(result, dict)
@@ -59,7 +112,7 @@ class Redactor:
             return False
         if key in self._safe:
             return False
-        if key.lower() in self.keys:
+        if self.sensitive(key):
             return True
         if len(self._safe) < _SAFE_CACHE_LIMIT:
             self._safe.add(key)

@@ -53,7 +53,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -95,7 +95,7 @@ from evkit.messages import (
 )
 from evkit.metrics import LATENCY_BUCKETS
 from evkit.patterns import SubscriptionIndex, compile_pattern, validate_patterns
-from evkit.redaction import DEFAULT_REDACT_KEYS, Redactor
+from evkit.redaction import Redactor
 from evkit.store import Record, open_store
 from evkit.store.redis import RedisStore, StoreUnavailable
 
@@ -114,6 +114,7 @@ _REDIS_REPLAY_COUNT = 500  # most entries per XRANGE of a replay
 # large: at 1,000 clients a turn takes 100 events (6.9M deliveries/s, worst loop lag 37
 # ms in bench/fanout.py; with 20,000 it was 20 events, 2.7M/s and 102 ms).
 _DRAIN_DELIVERIES = 100_000
+_CLAIM_RETRY = 0.001  # seconds before asking a durable store again for ids
 _PLAN_CACHE_SIZE = 1_024  # write plans kept, one per distinct list of recipients
 # A batch is sent this much before its window ends (at most half the window), so that
 # with the loop's lateness and the write it still reaches the client within maxDelayMs.
@@ -153,6 +154,12 @@ class ServerSettings:
             for any); None allows the server's own origin only. Requests without an
             Origin header (non-browser clients) are allowed when
             ``allow_missing_origin``.
+        allowed_hosts: globs of the host names (the ``Host`` header, port left out) the
+            server answers to, besides loopback names. None: a server bound to loopback
+            answers loopback names only (``localhost``, ``*.localhost``, ``127.0.0.1``,
+            ``[::1]``), which defeats DNS rebinding; one bound elsewhere answers any.
+            Behind a proxy that passes its public name (``Host: events.example.com``)
+            to a server on loopback, list that name.
         allow_publish: whether clients may publish (with auth on: those with the
             ``publish`` scope).
         max_connections, max_connections_per_ip, connections_per_second_per_ip: limits
@@ -160,8 +167,11 @@ class ServerSettings:
         messages_per_second, message_burst: a token bucket per client; excess messages
             get ``rate_limited`` and change nothing; after ``rate_limit_strikes`` of them
             the client is closed with 1008.
-        redact_keys: payload keys (any depth, case-insensitive) whose values are
-            replaced before an event leaves the process or reaches the store.
+        redact_keys: payload keys (any depth; case and separators ignored; ``*`` globs)
+            whose values are replaced before an event leaves the process or reaches the
+            store, besides the default patterns (see :mod:`evkit.redaction`).
+        redact_defaults: whether the default patterns apply (password, token, secret,
+            api key, auth, cookie, session, credential, private key...).
         max_post_size: largest ``POST /events`` body, in bytes.
     """
 
@@ -183,6 +193,7 @@ class ServerSettings:
     auth_timeout: float = 5.0
     allowed_origins: tuple[str, ...] | None = None
     allow_missing_origin: bool = True
+    allowed_hosts: tuple[str, ...] | None = None
     allow_publish: bool = True
     max_connections: int = 10_000
     max_connections_per_ip: int = 1_000
@@ -190,13 +201,14 @@ class ServerSettings:
     messages_per_second: float = 200.0
     message_burst: int = 400
     rate_limit_strikes: int = 100
-    redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
+    redact_keys: tuple[str, ...] = ()
+    redact_defaults: bool = True
     max_post_size: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be an integer from 0 to 65535, got {self.port!r}")
-        for name in ("allowed_origins", "redact_keys"):
+        for name in ("allowed_origins", "allowed_hosts", "redact_keys"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
@@ -369,7 +381,7 @@ class Broadcaster:
         self._pending: deque[tuple[Event, str | None, bytes, float]] = deque()
         settings = self.settings
         self.auth = Authenticator(settings.token, settings.jwt_secret, settings.jwt_public_key)
-        self.redact = Redactor(settings.redact_keys)
+        self.redact = Redactor(settings.redact_keys, defaults=settings.redact_defaults)
         self._addresses = AddressLimits(
             settings.max_connections_per_ip, settings.connections_per_second_per_ip
         )
@@ -386,6 +398,9 @@ class Broadcaster:
         self._closing = False
         self._closers: set[asyncio.Future[None]] = set()
         self.port = self.settings.port
+        self._loopback = _is_loopback(self.settings.host)
+        # Events a POST /events handed to this broadcaster's publish() through its bus.
+        self._posted: set[int] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -462,6 +477,7 @@ class Broadcaster:
         if self._server is None or self._closing:
             return
         self._closing = True
+        await self._hand_out_queued(timeout / 2)
         self._drain_all()
         store = self.store
         if isinstance(store, RedisStore):
@@ -500,10 +516,7 @@ class Broadcaster:
             for connection in list(self._batches):
                 self._flush_batch(connection)
             return
-        target = self._last_id + len(self._pending)
-        while self._last_id < target and self._pending:
-            self._drain()
-            await asyncio.sleep(0)
+        await self._hand_out_queued()
         for connection in list(self._batches):
             self._flush_batch(connection)
         await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
@@ -517,6 +530,9 @@ class Broadcaster:
         queue is full the event is dropped and counted (see :meth:`stats`). Once handed
         out, ``event.id`` holds the stream id it was given.
         """
+        posted = self._posted
+        if posted is not None:  # a POST /events on the loop is emitting on the bus
+            posted.add(id(event))
         if len(self._pending) >= self.settings.queue_size or self._closing:
             count = next(self._dropped)
             category = event.type.partition(".")[0]
@@ -558,18 +574,24 @@ class Broadcaster:
 
     # -- the loop side ----------------------------------------------------------------
 
-    def _drain(self) -> None:
-        """Give queued events their ids, record them, and deliver them (one loop turn)."""
+    def _drain(self) -> int:
+        """Give queued events their ids, record them, and deliver them (one loop turn).
+
+        Returns how many were handed out: fewer than queued while a durable store
+        commits how far ids may go (the drain then comes back shortly).
+        """
         self._wakeup_scheduled = False
         if self.store.shared:
             # Redis assigns the ids; what the reader reads back is delivered.
             self.store.kick()  # type: ignore[attr-defined]
-            return
+            return 0
         pending = self._pending
         append = self.store.append
         last_id = self._last_id
         chunk = min(_DRAIN_CHUNK, max(1, _DRAIN_DELIVERIES // max(1, len(self._clients))))
-        items = [pending.popleft() for _ in range(min(len(pending), chunk))]
+        wanted = min(len(pending), chunk)
+        allowed = self.store.claim(wanted) if wanted else 0
+        items = [pending.popleft() for _ in range(allowed)]
         records = []
         for event, correlation_id, payload_json, _ in items:
             type_ = event.type
@@ -586,11 +608,16 @@ class Broadcaster:
             append(record)
             records.append(record)
         self._last_id = last_id
-        self._count_published(items)
-        self._deliver(records)
+        if items:
+            self._count_published(items)
+            self._deliver(records)
         if pending and not self._wakeup_scheduled and self._loop is not None:
             self._wakeup_scheduled = True
-            self._loop.call_soon(self._drain)
+            if allowed < wanted:
+                self._loop.call_later(_CLAIM_RETRY, self._drain)
+            else:
+                self._loop.call_soon(self._drain)
+        return allowed
 
     def _deliver_read(self, records: list[Record]) -> None:
         """Deliver what the Redis reader read (every instance's events, in stream order)."""
@@ -788,9 +815,25 @@ class Broadcaster:
             if transport.get_write_buffer_size() > limit:
                 suspects.append(connection)
 
+    async def _hand_out_queued(self, timeout: float | None = None) -> None:
+        """Drain what is queued now, letting the loop turn between chunks.
+
+        Events queued after the call are not waited for. Ends early after ``timeout``
+        seconds (a durable store that cannot commit).
+        """
+        assert self._loop is not None
+        deadline = None if timeout is None else self._loop.time() + timeout
+        target = self._last_id + len(self._pending)
+        while self._last_id < target and self._pending:
+            if deadline is not None and self._loop.time() > deadline:
+                return
+            await asyncio.sleep(0 if self._drain() else _CLAIM_RETRY)
+
     def _drain_all(self) -> None:
+        """Hand out everything queued that the store allows now (see :meth:`_drain`)."""
         while self._pending and not self.store.shared:
-            self._drain()
+            if not self._drain():
+                break
         if self.store.shared:
             self.store.kick()  # type: ignore[attr-defined]
         for connection in list(self._batches):
@@ -949,6 +992,9 @@ class Broadcaster:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
+        host = request.headers.get("Host")
+        if not self._host_allowed(host):
+            return self._refuse(connection, http.HTTPStatus.FORBIDDEN, "host", _host_refusal(host))
         if url.path == EVENTS_PATH:
             return self._admit(connection, request, url.query)
         if url.path == "/healthz":
@@ -1045,7 +1091,9 @@ class Broadcaster:
         Raises:
             ProtocolError: ``forbidden`` (no subscribe scope, or patterns it may not hold).
         """
-        wants_events = bool(start.patterns) or not start.explicit_patterns
+        wants_events = (
+            bool(start.patterns) or not start.explicit_patterns or start.since is not None
+        )
         if wants_events and not principal.may("subscribe"):
             # A publish-only client connects with ?eventTypes= (nothing) and is let in.
             raise ProtocolError(
@@ -1070,8 +1118,28 @@ class Broadcaster:
             return self.settings.allow_missing_origin
         allowed = self.settings.allowed_origins
         if allowed is None:  # same origin only: the page this server itself served
-            return host is not None and urlsplit(origin).netloc == host
+            # Scheme, host and port: the Host header was already checked (_host_allowed).
+            return host is not None and origin == f"http://{host}"
         return any(fnmatch.fnmatchcase(origin, pattern) for pattern in allowed)
+
+    def _host_allowed(self, host: str | None) -> bool:
+        """Whether a request's ``Host`` header names this server (DNS rebinding defence).
+
+        A page of ``attacker.example`` whose name was rebound to 127.0.0.1 sends
+        ``Host: attacker.example:PORT`` and an Origin to match: on a server bound to
+        loopback only loopback names (and ``allowed_hosts``) are answered.
+        """
+        allowed = self.settings.allowed_hosts
+        if allowed is None and not self._loopback:
+            return True
+        if host is None:
+            return False
+        name = _host_name(host)
+        if name is None:
+            return False
+        if _is_loopback_name(name):
+            return True
+        return allowed is not None and any(fnmatch.fnmatchcase(name, p) for p in allowed)
 
     def _parse_connect(self, request: Request, query: str) -> _ConnectOptions:
         params = parse_qs(query, keep_blank_values=True)
@@ -1221,7 +1289,10 @@ class Broadcaster:
                     # exit would close with 1000 before that close is sent.
                     continue
                 state.received += 1
-                self._on_message(connection, state, message)
+                replay = self._on_message(connection, state, message)
+                if replay is not None:
+                    # The client's next message waits until its history is sent.
+                    await replay
         except ConnectionClosed:
             pass
         finally:
@@ -1278,14 +1349,15 @@ class Broadcaster:
 
     def _on_message(
         self, connection: ServerConnection, state: ClientState, data: str | bytes
-    ) -> None:
+    ) -> Coroutine[Any, Any, None] | None:
+        """Act on one client message; a replay it started is returned, to be awaited."""
         try:
             assert state.bucket is not None
             if not state.bucket.take():
                 state.strikes += 1
                 if state.strikes > self.settings.rate_limit_strikes:
                     self.disconnect(state.client_id, 1008, "rate limited")
-                    return
+                    return None
                 raise ProtocolError(
                     "rate_limited",
                     f"more than {self.settings.messages_per_second:g} messages per second; "
@@ -1294,6 +1366,12 @@ class Broadcaster:
                 )
             message = decode_client_message(data)
             if isinstance(message, Subscribe):
+                if not state.principal.may("subscribe"):
+                    raise ProtocolError(
+                        "forbidden",
+                        "this token does not grant the subscribe scope: it may not "
+                        "subscribe, change its filter or replay history",
+                    )
                 forbidden = state.principal.forbidden(message.event_types)
                 if forbidden:
                     raise ProtocolError(
@@ -1302,7 +1380,7 @@ class Broadcaster:
                         f"{list(state.principal.patterns or ())}",
                         {"patterns": forbidden},
                     )
-                self._subscribe(connection, message)
+                return self._subscribe(connection, message)
             elif isinstance(message, Unsubscribe):
                 removed = self._index.remove(connection, message.event_types)
                 self._send(
@@ -1325,6 +1403,7 @@ class Broadcaster:
                 pass  # already authenticated (or auth is off): nothing to do
         except ProtocolError as exc:
             self._reject(connection, state, exc)
+        return None
 
     async def handle_post(
         self, target: str, headers: dict[str, str], body: bytes
@@ -1335,12 +1414,22 @@ class Broadcaster:
         handlers see them too) and handed out before the answer, so the ids are known.
         With a Redis store the answer waits (up to 2 s) for Redis to assign them; while
         Redis is unreachable the events stay queued and the ids are null.
+
+        ``?wait=durable`` (the default with a durable store, SQLite) answers once the
+        events are committed (``"durable": true``); ``?wait=delivered`` (the default
+        otherwise) once they are written to the subscribers' connections. Events the
+        full queue dropped have a null id and are counted in ``"dropped"``.
         """
         url = urlsplit(target)
         if url.path != "/events":
             return 404, {"error": f"no route for POST {url.path}; events are posted to /events"}
+        host = headers.get("host")
+        if not self._host_allowed(host):
+            rejected = self._stats.rejected
+            rejected["host"] = rejected.get("host", 0) + 1
+            return 403, _host_refusal(host)
         origin = headers.get("origin")
-        if not self._origin_allowed(origin, headers.get("host")):
+        if not self._origin_allowed(origin, host):
             # The same rule as the WebSocket handshake: a page of another origin must not
             # publish through the user's browser (a cross-site POST needs no preflight).
             rejected = self._stats.rejected
@@ -1360,6 +1449,13 @@ class Broadcaster:
             return (401 if exc.code == "unauthorized" else 403), {
                 "error": exc.error,
                 "code": exc.code,
+            }
+        query = parse_qs(url.query)
+        wait = query.get("wait", ["durable" if self.store.durable else "delivered"])[-1]
+        if wait not in ("durable", "delivered"):
+            return 400, {
+                "error": f"wait must be 'durable' or 'delivered', got {wait[:40]!r}",
+                "code": "invalid_message",
             }
         try:
             document = orjson.loads(body)
@@ -1385,14 +1481,35 @@ class Broadcaster:
                 "code": "invalid_event",
                 "errors": errors,
             }
-        emitted = [self.bus.emit(type_, payload) for type_, payload in valid]
+        # Note which events reach publish() through the bus, in time linear in the events:
+        # the ones that do not (this broadcaster is not attached to its bus) are handed
+        # to it here.
+        posted = self._posted = set()
+        try:
+            emitted = [self.bus.emit(type_, payload) for type_, payload in valid]
+        finally:
+            self._posted = None
         for event in emitted:
-            if event.id is None and not any(e is event for e, *_ in self._pending):
-                self.publish(event)  # this broadcaster is not attached to its bus
-        self._drain_all()
+            if id(event) not in posted:
+                self.publish(event)
         if isinstance(self.store, RedisStore):
+            self._drain_all()
             await self.store.wait_for_ids(emitted, timeout=2.0)
-        return 202, {"ids": [event.id for event in emitted]}
+        else:
+            await self._hand_out_queued(timeout=2.0)
+        ids = [event.id for event in emitted]
+        durable = False
+        if wait == "durable" and self.store.durable:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.store.sync)
+                durable = True
+            except TimeoutError as exc:
+                return 503, {"error": f"the events were not committed: {exc}", "ids": ids}
+        answer: dict[str, Any] = {"ids": ids, "durable": durable}
+        dropped = ids.count(None)
+        if dropped:
+            answer["dropped"] = dropped
+        return 202, answer
 
     def _check_publish(self, principal: Principal) -> None:
         if not self.settings.allow_publish:
@@ -1400,7 +1517,15 @@ class Broadcaster:
         if not principal.may("publish"):
             raise ProtocolError("forbidden", "this token does not grant the publish scope")
 
-    def _subscribe(self, connection: ServerConnection, message: Subscribe) -> None:
+    def _subscribe(
+        self, connection: ServerConnection, message: Subscribe
+    ) -> Coroutine[Any, Any, None] | None:
+        """Apply a ``subscribe``; with ``since``, the replay to await before the next message.
+
+        Patterns a replay is for start receiving live events only once it is done (the
+        last slice, ``websocket.replayed`` and the change happen with no await between):
+        no gap, no duplicate, however long the client takes to read its history.
+        """
         index = self._index
         before = index.subscriptions(connection)
         if message.replace:
@@ -1415,11 +1540,22 @@ class Broadcaster:
                 f"broader patterns such as 'repo.*')",
                 {"limit": self.settings.max_subscriptions, "requested": len(wanted)},
             )
-        if message.replace:
+        since = message.since
+        if since is not None:
+            try:
+                self.store.parse_id(since)
+            except ValueError as exc:
+                raise ProtocolError(
+                    "invalid_message",
+                    f"since must be an event id received from this server: {exc}",
+                    {"field": "since"},
+                ) from None
+        added = [p for p in wanted if p not in before]
+        if since is None:
             index.replace(connection, wanted)
-            added = [p for p in wanted if p not in before]
-        else:
-            added = index.add(connection, message.event_types)
+        elif message.replace:
+            # The patterns the replay is for are added once it is done.
+            index.remove(connection, [p for p in before if p not in wanted])
         if message.correlation_id is not messages.UNSET:
             index.set_filter(connection, message.correlation_id)  # type: ignore[arg-type]
         if message.batch is not None:
@@ -1429,43 +1565,63 @@ class Broadcaster:
             connection,
             encode_message(
                 messages.SUBSCRIBED,
-                {
-                    "eventTypes": added,
-                    "subscriptions": index.subscriptions(connection),
-                    "correlationId": correlation_id,
-                },
+                {"eventTypes": added, "subscriptions": wanted, "correlationId": correlation_id},
             ),
         )
-        if message.since is not None:
-            self._replay(
-                connection, message.since, added, [p for p in before if p in wanted], correlation_id
-            )
+        if since is None:
+            return None
+        return self._replay_subscribed(
+            connection, since, wanted, [p for p in before if p in wanted], correlation_id
+        )
 
-    def _replay_plan(self, since: str, epoch: str | None) -> tuple[int, bool]:
-        """Where a replay after ``since`` starts, and whether it can be complete.
+    async def _replay_subscribed(
+        self,
+        connection: ServerConnection,
+        since: str,
+        wanted: list[str],
+        already: list[str],
+        correlation_id: str | None,
+    ) -> None:
+        """History after ``since`` matching ``wanted`` but none of ``already``; then live
+        events for all of ``wanted``."""
+        added = [p for p in wanted if p not in already]
+        replayed = await self._replay(
+            connection, since, None, _type_filter(added, already), correlation_id
+        )
+        if replayed is not None and connection in self._clients:
+            self._send_replayed(connection, since, *replayed)
+            self._index.replace(connection, wanted)
+
+    def _replay_plan(self, since: str, epoch: str | None) -> tuple[int, str | None]:
+        """Where a replay after ``since`` starts, and why it cannot be complete (or None).
 
         ``since`` from another epoch (another stream) does not apply here: the whole
-        history is sent, and the replay is reported incomplete.
+        history is sent, and the replay is reported incomplete. From an epoch a crash
+        replaced (ids never repeat across them) the replay starts at ``since``, and is
+        reported incomplete too, since what followed it may be lost.
         """
+        store = self.store
         try:
-            after = self.store.parse_id(since)
+            after = store.parse_id(since)
         except ValueError:
-            after = -1
-        other_epoch = epoch is not None and epoch != self.epoch
-        if other_epoch:
-            after = 0
-        # Complete when nothing after `since` has left the history, and `since` is an id
-        # this stream has handed out (a larger one comes from another epoch).
-        complete = not other_epoch and self.store.trimmed_through() <= after <= self._last_id
-        return after, complete
+            return 0, "unknown_position"
+        if epoch is not None and epoch != self.epoch:
+            if store.continues(epoch):
+                return after, "lost"
+            return 0, "epoch"
+        if after > self._last_id:  # an id this stream never handed out: another stream's
+            return after, "unknown_position"
+        # A shared stream (Redis) is read beyond what this instance holds in memory.
+        if not store.shared and store.trimmed_through() > after:
+            return after, "trimmed"
+        return after, None
 
     def _send_history(
         self,
         connection: ServerConnection,
         records: Iterable[Record],
         after: int,
-        wanted: list[Callable[[str], bool]],
-        skip: list[Callable[[str], bool]],
+        accepts: Callable[[str], bool],
         correlation_id: str | None,
         max_bytes: int | None = None,
     ) -> tuple[int, int, bool]:
@@ -1482,7 +1638,7 @@ class Broadcaster:
             position = record.id
             if correlation_id is not None and record.correlation_id != correlation_id:
                 continue
-            if any(m(record.type) for m in wanted) and not any(m(record.type) for m in skip):
+            if accepts(record.type):
                 if batch is None:
                     self._send(connection, record.frame)
                 else:
@@ -1493,8 +1649,24 @@ class Broadcaster:
                 sent_bytes += len(record.frame)
         return count, position, True
 
+    def _send_gap(self, connection: ServerConnection, since: str, after: int, reason: str) -> None:
+        """Tell the client, before the events that follow it, that its replay has a gap."""
+        self._send(
+            connection,
+            encode_message(
+                messages.GAP,
+                {
+                    "since": since,
+                    "complete": False,
+                    "after": self.store.format_id(after) if after > 0 else None,
+                    "reason": reason,
+                    "epoch": self.epoch,
+                },
+            ),
+        )
+
     def _send_replayed(
-        self, connection: ServerConnection, since: str, count: int, complete: bool
+        self, connection: ServerConnection, since: str, count: int, gap: str | None
     ) -> None:
         self._send(
             connection,
@@ -1503,101 +1675,117 @@ class Broadcaster:
                 {
                     "since": since,
                     "count": count,
-                    "complete": complete,
+                    "complete": gap is None,
                     "epoch": self.epoch,
                     "lastId": self.store.format_id(self._last_id),
                 },
             ),
         )
 
-    def _replay(
+    async def _replay(
         self,
         connection: ServerConnection,
         since: str,
-        patterns: Iterable[str],
-        already: Iterable[str],
+        epoch: str | None,
+        accepts: Callable[[str], bool] | None,
         correlation_id: str | None,
-    ) -> None:
-        """Send history after ``since`` matching ``patterns`` but none of ``already``, at once."""
-        self._stats.replays += 1
-        after, complete = self._replay_plan(since, None)
-        wanted = [compile_pattern(p) for p in patterns]
-        count = 0
-        if wanted and after < self._last_id:
-            skip = [compile_pattern(p) for p in already]
-            records = self.store.read_after(after)
-            count = self._send_history(connection, records, after, wanted, skip, correlation_id)[0]
-        self._send_replayed(connection, since, count, complete)
-
-    async def _replay_at_connect(
-        self, connection: ServerConnection, start: _ConnectOptions
-    ) -> bool:
-        """Send a resuming client its history, pausing while its buffer is full, then register it.
+    ) -> tuple[int, str | None] | None:
+        """Send the history after ``since`` that ``accepts``, pausing while the client's buffer
+        is full; returns how many events were sent and the gap's reason (None: complete).
 
         History goes out in slices of a quarter of ``client_buffer_limit``, each once the
         client has read the previous ones, so a client catching up is never cut as a slow
-        consumer. The last slice, ``websocket.replayed`` and the client's registration for
-        live events happen with no await between them: no gap, no duplicate. Returns
-        False if the client could not take it within a minute (closed with 1013) or left.
+        consumer and the server's memory stays bounded. A gap is announced with
+        ``websocket.gap`` before the events that follow it, so a client cut in the middle
+        of its replay has already learnt of it. The caller registers the client for live
+        events after the return, with no await between: no gap, no duplicate at the
+        seam. Returns None if the client could not take its history within a minute
+        (closed with 1013) or left.
         """
-        assert start.since is not None
         self._stats.replays += 1
         store = self.store
-        after, complete = self._replay_plan(start.since, start.epoch)
-        if isinstance(store, RedisStore):
-            # What this instance holds in memory does not matter: Redis is asked below.
-            complete = after >= 0 and (start.epoch is None or start.epoch == self.epoch)
-            complete = complete and after <= self._last_id
-            after = max(after, 0)
-        wanted = [compile_pattern(p) for p in start.patterns]
+        redis = store if isinstance(store, RedisStore) else None
+        after, gap = self._replay_plan(since, epoch)
+        if gap is not None:
+            self._send_gap(connection, since, after, gap)
         slice_bytes = max(1, self.settings.client_buffer_limit // 4)
         count = 0
-        while wanted:
+        while accepts is not None:
             deadline = time.monotonic() + 60
             while connection.transport.get_write_buffer_size() > slice_bytes:
-                if connection.transport.is_closing():
-                    return False
+                if self._replay_ended(connection):
+                    return None
                 if time.monotonic() > deadline:
                     await connection.close(1013, "slow consumer")
-                    return False
+                    return None
                 await asyncio.sleep(0.002)
+            if self._replay_ended(connection):
+                return None
             oldest_held = store.trimmed_through()
-            if isinstance(store, RedisStore) and after < oldest_held:
+            found: str | None = None
+            if redis is not None and after < oldest_held:
                 # Older than this instance's memory: read the shared stream.
                 try:
-                    records, trimmed = await store.read_range(after, _REDIS_REPLAY_COUNT)
+                    records, trimmed = await redis.read_range(after, _REDIS_REPLAY_COUNT)
                 except StoreUnavailable as exc:
                     logger.warning("replay for a resuming client is incomplete: %s", exc)
-                    complete, after = False, oldest_held
-                    continue
-                if trimmed > after:  # Redis trimmed some of what the client missed
-                    complete = False
+                    found, records, next_after = "unavailable", [], oldest_held
+                else:
+                    if trimmed > after:  # Redis trimmed some of what the client missed
+                        found = "trimmed"
+                    next_after = max(after, redis.trimmed_through()) if not records else after
+                if found is not None and gap is None:
+                    gap = found
+                    self._send_gap(connection, since, after, gap)
                 if not records:
-                    after = max(after, store.trimmed_through())
+                    after = next_after
                     continue
                 sent, after, _ = self._send_history(
-                    connection, records, after, wanted, [], start.correlation_id, slice_bytes
+                    connection, records, after, accepts, correlation_id, slice_bytes
                 )
                 count += sent
                 self._flush_batch(connection)
                 continue
             if oldest_held > after:  # the stream outran this replay: history moved on
-                complete = False
+                if gap is None:
+                    gap = "trimmed"
+                    self._send_gap(connection, since, after, gap)
                 after = oldest_held
             sent, after, finished = self._send_history(
-                connection,
-                store.read_after(after),
-                after,
-                wanted,
-                [],
-                start.correlation_id,
-                slice_bytes,
+                connection, store.read_after(after), after, accepts, correlation_id, slice_bytes
             )
             count += sent
             if finished:
                 break
             self._flush_batch(connection)
-        self._send_replayed(connection, start.since, count, complete)
+        return count, gap
+
+    def _replay_ended(self, connection: ServerConnection) -> bool:
+        """Whether a replay to ``connection`` should stop: it is closing, or the server is."""
+        return (
+            self._closing
+            or connection.transport.is_closing()
+            or connection.protocol.state is not _OPEN
+        )
+
+    async def _replay_at_connect(
+        self, connection: ServerConnection, start: _ConnectOptions
+    ) -> bool:
+        """Send a resuming client its history (see :meth:`_replay`), then register it.
+
+        Returns False if the client could not take it or left.
+        """
+        assert start.since is not None
+        replayed = await self._replay(
+            connection,
+            start.since,
+            start.epoch,
+            _type_filter(start.patterns, ()),
+            start.correlation_id,
+        )
+        if replayed is None:
+            return False
+        self._send_replayed(connection, start.since, *replayed)
         self._register(connection, start)
         return True
 
@@ -1768,6 +1956,38 @@ def _bearer(header: str | None) -> str | None:
     return None
 
 
+def _host_name(host: str) -> str | None:
+    """The name of a ``Host`` header without its port (brackets kept off IPv6), or None."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:3000
+        name, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":")
+        if rest and rest == port:
+            return None
+    else:
+        name, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return None
+    return name.rstrip(".") or None
+
+
+def _is_loopback_name(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_refusal(host: str | None) -> dict[str, Any]:
+    return {
+        "error": f"host {host!r} is not allowed: this server answers loopback names "
+        "(localhost, 127.0.0.1, [::1]) only; list other names in allowed_hosts",
+        "code": "forbidden",
+    }
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -1806,6 +2026,30 @@ def _spread(
             pending[connection] = [chunk]
         else:
             queued.append(chunk)
+
+
+def _type_filter(patterns: Iterable[str], already: Iterable[str]) -> Callable[[str], bool] | None:
+    """Whether a type matches one of ``patterns`` and none of ``already``; None: no pattern.
+
+    The answer is kept per type, so a replay runs the matchers once per distinct type,
+    not once per event.
+    """
+    wanted = [compile_pattern(p) for p in patterns]
+    if not wanted:
+        return None
+    skip = [compile_pattern(p) for p in already]
+    known: dict[str, bool] = {}
+
+    def accepts(type_: str) -> bool:
+        answer = known.get(type_)
+        if answer is None:
+            answer = any(m(type_) for m in wanted) and not any(m(type_) for m in skip)
+            if len(known) >= _PLAN_CACHE_SIZE:
+                known.clear()
+            known[type_] = answer
+        return answer
+
+    return accepts
 
 
 def _peek(counter: itertools.count[int]) -> int:

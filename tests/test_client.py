@@ -406,6 +406,7 @@ def test_after_resuming_into_a_new_stream_a_later_drop_loses_nothing() -> None:
                 await sink.until(lambda: not sub.connected)
                 servers.append(evkit.serve(port=port))
                 await sink.until(lambda: sub.connected and sub.stats.gaps == 1)
+                await sink.until(lambda: "websocket.replayed" in sink.kinds())
                 assert sub.stats.epoch == servers[1].stats()["epoch"]
 
                 await sub.drop_connection()
@@ -419,3 +420,44 @@ def test_after_resuming_into_a_new_stream_a_later_drop_loses_nothing() -> None:
     finally:
         for srv in servers:
             srv.stop()
+
+
+def test_a_gap_is_counted_even_when_the_connection_drops_before_the_replay_ends() -> None:
+    # The gap is announced before the replayed events: a subscriber cut after the first
+    # few resumes from an id past the gap (a complete replay), and has counted it anyway.
+    # 20 MB of history cannot all be on the wire when the first ten events are read.
+    srv = evkit.serve(port=0, history_size=20_000, client_buffer_limit=64 * 1024)
+    try:
+        padding = "x" * 1000
+        for seq in range(25_000):
+            evkit.emit("repo.commit.created", {"seq": seq, "padding": padding})
+        evkit.flush()
+
+        async def scenario() -> None:
+            sink = Sink()
+            sub = sink.subscriber(srv.url, ["repo.*"], since="1", batch=None)
+
+            cuts: list[asyncio.Task[None]] = []
+
+            def on_event(event: dict[str, Any]) -> None:
+                sink.on_event(event)
+                if len(sink.events) == 10:
+                    cuts.append(asyncio.ensure_future(sub.drop_connection()))
+
+            sub.on_event = on_event
+            async with running(sub):
+                await sink.until(lambda: "websocket.replayed" in sink.kinds(), timeout=30)
+                stats = sub.stats
+                assert stats.reconnects == 1
+                assert stats.gaps == 1, stats.gap_reports
+                assert stats.gap_reports[0]["reason"] == "trimmed"
+                # The first replay never ended; the one after the cut was complete.
+                replayed = [
+                    m["payload"] for m in sink.messages if m["type"] == "websocket.replayed"
+                ]
+                assert [r["complete"] for r in replayed] == [True]
+                assert sink.seqs == list(range(5_000, 25_000))  # once each, in order
+
+        run(scenario())
+    finally:
+        srv.stop()

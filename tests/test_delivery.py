@@ -319,8 +319,17 @@ def test_resume_from_before_the_history_replays_what_is_left_and_says_incomplete
             replayed = messages[-1]["payload"]
             assert replayed["complete"] is False
             assert replayed["count"] == 100
-            assert [m["payload"]["n"] for m in messages[:-1]] == list(range(400, 500))
-            assert [int(m["id"]) for m in messages[:-1]] == list(range(401, 501))
+            gap, *events = messages[:-1]  # the gap is announced before the first event
+            assert gap["type"] == "websocket.gap"
+            assert gap["payload"] == {
+                "since": "1",
+                "complete": False,
+                "after": "1",
+                "reason": "trimmed",
+                "epoch": replayed["epoch"],
+            }
+            assert [m["payload"]["n"] for m in events] == list(range(400, 500))
+            assert [int(m["id"]) for m in events] == list(range(401, 501))
             await ws.close()
 
         asyncio.run(scenario())

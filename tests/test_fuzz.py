@@ -67,12 +67,14 @@ SYSTEM_TYPES = frozenset(
         "websocket.unsubscribed",
         "websocket.error",
         "websocket.replayed",
+        "websocket.gap",
         "websocket.batch",
         "pong",
     }
 )
 # Messages that are not a reply to one frame: they may come at any time.
-STREAM_TYPES = frozenset({"websocket.batch", "websocket.replayed"})
+STREAM_TYPES = frozenset({"websocket.batch", "websocket.replayed", "websocket.gap"})
+GAP_REASONS = frozenset({"trimmed", "epoch", "lost", "unknown_position", "unavailable"})
 REPLY_TIMEOUT = 5.0
 MAX_MESSAGE_SIZE = 64 * 1024  # the server's default max_message_size
 LARGEST_FUZZ_FRAME = 60_000  # generated frames stay below it: past it the connection closes
@@ -349,6 +351,9 @@ def check_message(message: Any) -> None:
         assert payload["events"], message
         for event in payload["events"]:
             check_event(event)
+    elif kind == "websocket.gap":
+        assert payload["complete"] is False, message
+        assert payload["reason"] in GAP_REASONS, message
     elif kind == "websocket.replayed":
         assert type(payload["count"]) is int, message
         assert payload["count"] >= 0, message
@@ -476,10 +481,14 @@ class FuzzSession:
             if kind == "pong":
                 assert reply["payload"] == {"echo": expected.echo}, context
         replayed = [m for m in before if m["type"] == "websocket.replayed"]
+        gaps = [m for m in before if m["type"] == "websocket.gap"]
         if expected.replay and direct and direct[0]["type"] == "websocket.subscribed":
             assert len(replayed) == 1, context  # the replay happened, and said so once
+            # An incomplete replay was announced, once, before its events.
+            assert len(gaps) == (0 if replayed[0]["payload"]["complete"] else 1), context
         else:
             assert not replayed, context
+            assert not gaps, context
         routed_by = [(list(self.subscriptions), self.correlation_id)]
         if direct and direct[0]["type"] in ("websocket.subscribed", "websocket.unsubscribed"):
             self.apply(orjson.loads(frame)["payload"], direct[0], context)

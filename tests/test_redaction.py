@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from evkit.messages import encode
-from evkit.redaction import DEFAULT_REDACT_KEYS, REDACTED, Redactor
+from evkit.redaction import DEFAULT_REDACT_KEYS, REDACTED, Redactor, normalise_key
 
 NESTED = {
     "user": {"Password": "p", "profile": {"api_key": "k", "name": "ada"}},
@@ -24,17 +24,79 @@ NESTED_REDACTED = {
 }
 
 
-def test_default_keys() -> None:
-    assert set(DEFAULT_REDACT_KEYS) == {
-        "password",
-        "secret",
-        "token",
-        "authorization",
-        "api_key",
-        "cookie",
-    }
+def test_the_old_default_keys_are_all_covered_by_the_default_patterns() -> None:
     payload = {key: "x" for key in DEFAULT_REDACT_KEYS} | {"path": "/src"}
     assert Redactor()(payload) == {key: REDACTED for key in DEFAULT_REDACT_KEYS} | {"path": "/src"}
+
+
+LEAKED_BEFORE = [
+    "apiKey",
+    "access_token",
+    "clientSecret",
+    "refresh_token",
+    "x-api-key",
+    "passwd",
+    "set-cookie",
+    "private_key",
+    "X-Auth-Token",
+]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        *LEAKED_BEFORE,
+        "Authorization",
+        "password_hint",
+        "db.password",
+        "PASSPHRASE",
+        "userPwd",
+        "bearer",
+        "oauth_code",
+        "authToken",
+        "credentials",
+        "aws_secret_access_key",
+        "AWS_ACCESS_KEY",
+        "signature",
+        "session",
+        "userSession",
+        "sessionKey",
+        "encryption_key",
+        "id_token",
+        "csrfToken",
+    ],
+)
+def test_sensitive_keys_match_by_normalised_pattern(key: str) -> None:
+    assert Redactor()({key: "s3cr3t", "path": "/src"}) == {key: REDACTED, "path": "/src"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sessionId",  # claude.session.* events carry it: an identifier, not a credential
+        "author",
+        "commitAuthor",
+        "authority",
+        "tokens",
+        "inputTokens",
+        "tokens_used",
+        "TokenCount",
+        "token_usage",
+        "maxTokenLimit",
+        "tokenizer",
+        "path",
+        "commitHash",
+        "workingDirectory",
+        "duration",
+    ],
+)
+def test_identifiers_and_counts_are_not_mistaken_for_secrets(key: str) -> None:
+    payload = {key: "value"}
+    assert Redactor()(payload) is payload
+
+
+def test_normalise_key_ignores_case_and_separators() -> None:
+    assert normalise_key("X-Auth_Token.v2 x") == "xauthtokenv2x"
 
 
 def test_nested_dicts_and_lists_at_any_depth() -> None:
@@ -70,11 +132,6 @@ def test_whole_values_are_replaced_whatever_their_type() -> None:
     assert Redactor()(payload) == {"token": REDACTED, "secret": REDACTED, "cookie": REDACTED}
 
 
-def test_only_exact_key_names_match() -> None:
-    payload = {"tokens_used": 3, "password_hint": "h", "my_secret_santa": "bob", "TokenCount": 1}
-    assert Redactor()(payload) is payload
-
-
 def test_nothing_to_redact_returns_the_payload_itself() -> None:
     redactor = Redactor()
     payload = {"path": "/src", "nested": {"list": [{"a": 1}, [2, 3]], "n": None}, "t": (1, 2)}
@@ -89,21 +146,32 @@ def test_values_that_look_like_keys_are_not_redacted() -> None:
     assert Redactor()(payload) is payload
 
 
-def test_custom_keys_replace_the_defaults() -> None:
+def test_custom_keys_add_to_the_defaults() -> None:
     redactor = Redactor(("ssn", "Card_Number"))
-    payload = {"ssn": "1", "person": {"SSN": "2", "card_number": "3"}, "password": "p"}
+    payload = {"ssn": "1", "person": {"SSN": "2", "card-number": "3"}, "password": "p"}
     assert redactor(payload) == {
         "ssn": REDACTED,
-        "person": {"SSN": REDACTED, "card_number": REDACTED},
-        "password": "p",
+        "person": {"SSN": REDACTED, "card-number": REDACTED},
+        "password": REDACTED,
     }
-    extended = Redactor((*DEFAULT_REDACT_KEYS, "ssn"))
-    assert extended({"ssn": "1", "password": "p"}) == {"ssn": REDACTED, "password": REDACTED}
+    # Exact names, not substrings: "classname" holds "ssn" and is left alone.
+    assert redactor({"classname": "A"}) == {"classname": "A"}
 
 
-def test_no_keys_redacts_nothing() -> None:
+def test_a_custom_key_with_a_star_is_a_glob_over_the_normalised_key() -> None:
+    redactor = Redactor(("*ssn",))
+    assert redactor({"user_ssn": "1", "SSN": "2", "ssn_kind": "3"}) == {
+        "user_ssn": REDACTED,
+        "SSN": REDACTED,
+        "ssn_kind": "3",
+    }
+
+
+def test_defaults_off_redacts_only_the_custom_keys() -> None:
+    redactor = Redactor(("ssn",), defaults=False)
+    assert redactor({"ssn": "1", "password": "p"}) == {"ssn": REDACTED, "password": "p"}
     payload = {"password": "p"}
-    assert Redactor(())(payload) is payload
+    assert Redactor((), defaults=False)(payload) is payload
 
 
 def test_non_string_keys_are_not_sensitive() -> None:

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import evkit
-from evkit.redaction import DEFAULT_REDACT_KEYS, REDACTED
+from evkit.redaction import REDACTED
 from tests.support import (
     assert_silent,
     open_client,
@@ -660,8 +660,7 @@ def test_replayed_history_is_redacted(server: evkit.Server) -> None:
     run(scenario())
 
 
-def test_custom_redact_keys_replace_the_defaults(tmp_path: Any) -> None:
-    assert "ssn" not in DEFAULT_REDACT_KEYS
+def test_custom_redact_keys_add_to_the_defaults(tmp_path: Any) -> None:
     database = tmp_path / "e.db"
     srv = evkit.serve(port=0, redact_keys=("ssn",), store=f"sqlite:///{database}")
     try:
@@ -669,13 +668,16 @@ def test_custom_redact_keys_replace_the_defaults(tmp_path: Any) -> None:
         async def scenario() -> None:
             ws, _ = await open_client(srv.url)
             evkit.emit(
-                "person.record.updated", {"ssn": "1", "nested": [{"SSN": "2"}], "token": "t"}
+                "person.record.updated",
+                {"ssn": "1", "nested": [{"SSN": "2"}], "password": "p", "apiKey": "k", "n": 1},
             )
             [event] = await recv_events(ws, 1)
             assert event["payload"] == {
                 "ssn": REDACTED,
                 "nested": [{"SSN": REDACTED}],
-                "token": "t",
+                "password": REDACTED,
+                "apiKey": REDACTED,
+                "n": 1,
             }
             await ws.close()
 
@@ -685,6 +687,23 @@ def test_custom_redact_keys_replace_the_defaults(tmp_path: Any) -> None:
             [(frame,)] = db.execute("SELECT frame FROM events").fetchall()
         assert b'"ssn":"[redacted]"' in frame
         assert b'"SSN":"[redacted]"' in frame
+        assert b'"password":"[redacted]"' in frame
+    finally:
+        srv.stop()
+
+
+def test_redact_defaults_false_keeps_only_the_custom_keys() -> None:
+    srv = evkit.serve(port=0, redact_keys=("ssn",), redact_defaults=False)
+    try:
+
+        async def scenario() -> None:
+            ws, _ = await open_client(srv.url)
+            evkit.emit("person.record.updated", {"ssn": "1", "token": "t"})
+            [event] = await recv_events(ws, 1)
+            assert event["payload"] == {"ssn": REDACTED, "token": "t"}
+            await ws.close()
+
+        run(scenario())
     finally:
         srv.stop()
 
@@ -996,3 +1015,178 @@ def test_a_publish_only_token_may_connect_to_receive_nothing_and_publish() -> No
         run(scenario())
     finally:
         srv.stop()
+
+
+# -- hardening: what an attacker tried ---------------------------------------------------------
+
+
+def adversarial_patterns(prefix: str = "", count: int = 128) -> list[str]:
+    """Globs that make a backtracking matcher take exponential time on long types."""
+    return [f"{prefix}{'*?' * (20 + n % 40)}*Z{n}" for n in range(count)]
+
+
+def test_adversarial_globs_cannot_stall_the_loop(server: evkit.Server) -> None:
+    # With "*" compiled to a backtracking ".*", one of these patterns against one
+    # 256-character type kept the loop busy for seconds; 128 of them, for ever.
+    long_type = ".".join(["a" * 50] * 5) + ".b"
+    assert len(long_type) == 256
+
+    async def scenario() -> None:
+        attacker, _ = await open_client(server.url, eventTypes="")
+        reply = await request(
+            attacker,
+            {"type": "subscribe", "payload": {"eventTypes": adversarial_patterns(), "since": "0"}},
+        )
+        assert reply["type"] == "websocket.subscribed"
+        watcher, _ = await open_client(server.url, eventTypes="a*")
+        evkit.emit(long_type, {"n": 1})
+        evkit.emit("performance.slowOperation.detected", {"n": 2})
+        [event] = await recv_events(watcher, 1)
+        assert event["type"] == long_type
+        # The loop still answers at once, and a subscription change (which rebuilds the
+        # routes) followed by more events does not stall it either.
+        await request(attacker, {"type": "unsubscribe", "payload": {"eventTypes": ["x"]}})
+        evkit.emit(long_type, {"n": 3})
+        [event] = await recv_events(watcher, 1)
+        assert event["payload"]["n"] == 3
+        assert (await request(watcher, {"type": "ping", "payload": 1}))["type"] == "pong"
+        await attacker.close()
+        await watcher.close()
+
+    run(scenario())
+
+
+def test_adversarial_globs_inside_a_jwt_restriction_cannot_stall_it(
+    jwt_server: evkit.Server,
+) -> None:
+    token = hs256(scope="subscribe", patterns=["repo.*"])
+    patterns = adversarial_patterns("repo.", count=64)
+
+    async def scenario() -> None:
+        attacker, _ = await open_client(jwt_server.url, bearer(token))
+        reply = await request(attacker, {"type": "subscribe", "payload": {"eventTypes": patterns}})
+        assert reply["type"] == "websocket.subscribed"  # they lie inside repo.*
+        evkit.emit("repo." + "a" * 250, {"n": 1})
+        evkit.emit("repo.commit.created", {"n": 2})
+        [event] = await recv_events(attacker, 1)  # repo.* matches both; the first arrives
+        assert event["payload"]["n"] == 1
+        await attacker.close()
+
+    run(scenario())
+
+
+def rebinding_request(
+    server: evkit.Server, method: str, path: str, host: str, body: bytes = b""
+) -> int:
+    """The status a request with a rebound ``Host`` (and a matching Origin) is answered with."""
+    origin = f"http://{host}"
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    )
+    if path.startswith("/ws/"):
+        head += (
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        )
+    answer = raw_http_until_headers(server, head.encode() + b"\r\n" + body)
+    return int(answer.split(b" ", 2)[1])
+
+
+def raw_http_until_headers(server: evkit.Server, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(data)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/ws/events"), ("POST", "/events"), ("GET", "/healthz"), ("GET", "/metrics")],
+)
+def test_dns_rebinding_is_refused_on_loopback(server: evkit.Server, method: str, path: str) -> None:
+    # A page of attacker.example, its name rebound to 127.0.0.1, sends its own name as
+    # Host and a matching Origin: same-origin by the headers alone, refused by the name.
+    body = orjson.dumps({"type": "rebound.event.injected"}) if method == "POST" else b""
+    host = f"attacker.example:{server.port}"
+    assert rebinding_request(server, method, path, host, body) == 403
+    for loopback in (
+        f"127.0.0.1:{server.port}",
+        f"localhost:{server.port}",
+        f"[::1]:{server.port}",
+    ):
+        expected = {"/ws/events": 101, "/events": 202}.get(path, 200)
+        assert rebinding_request(server, method, path, loopback, body) == expected, loopback
+    assert rejected(server).get("host", 0) >= 1
+
+
+def test_allowed_hosts_admits_a_proxy_name_on_loopback() -> None:
+    srv = evkit.serve(port=0, allowed_hosts=("events.example.com",))
+    try:
+        assert rebinding_request(srv, "GET", "/healthz", "events.example.com") == 200
+        assert rebinding_request(srv, "GET", "/healthz", "other.example.com") == 403
+    finally:
+        srv.stop()
+
+
+def test_same_origin_compares_the_scheme_too(server: evkit.Server) -> None:
+    async def scenario() -> None:
+        host = f"127.0.0.1:{server.port}"
+        ws, _ = await open_client(server.url, {"Origin": f"http://{host}"})
+        await ws.close()
+        for origin in (f"https://{host}", f"ftp://{host}", f"http://{host}.evil"):
+            status, body = await refused(server.url, {"Origin": origin})
+            assert (status, body["code"]) == (403, "forbidden"), origin
+
+    run(scenario())
+
+
+def test_a_publish_only_token_may_not_subscribe_nor_replay_later(jwt_server: evkit.Server) -> None:
+    publisher = hs256(scope="publish")
+    evkit.emit("repo.commit.created", {"n": 0})
+    evkit.flush()
+
+    async def scenario() -> None:
+        ws, _ = await open_client(jwt_server.url, bearer(publisher), eventTypes="")
+        for payload in (
+            {"eventTypes": ["*"]},
+            {"eventTypes": ["*"], "since": "0"},
+            {"eventTypes": [], "correlationId": "req-1"},
+        ):
+            reply = await request(ws, {"type": "subscribe", "payload": payload})
+            assert reply["type"] == "websocket.error", reply
+            assert reply["payload"]["code"] == "forbidden"
+        evkit.emit("repo.commit.created", {"n": 1})
+        evkit.flush()
+        await assert_silent(ws)  # no event, no history
+        status, body = await refused(jwt_server.url, bearer(publisher), eventTypes="", since="0")
+        assert (status, body["code"]) == (403, "forbidden")
+        await ws.close()
+
+    run(scenario())
+
+
+def test_a_large_post_is_acknowledged_in_linear_time_and_clients_are_served(
+    server: evkit.Server,
+) -> None:
+    # 50,000 events in one body: the acknowledgement used to scan the queue per event.
+    count = 50_000
+    body = orjson.dumps([{"type": "bulk.p"}] * count)
+    assert len(body) < 1024 * 1024
+
+    async def scenario() -> None:
+        listener, _ = await open_client(server.url, eventTypes="bulk.*")
+        status, answer = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: post(server, body)
+        )
+        assert status == 202
+        ids = [int(i) for i in answer["ids"]]
+        assert ids == list(range(ids[0], ids[0] + count))
+        events = await recv_events(listener, count, timeout=30)
+        assert [int(e["id"]) for e in events] == ids
+        await assert_silent(listener)
+        await listener.close()
+
+    run(scenario())

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -484,10 +485,14 @@ def test_replay_beyond_history_is_reported_incomplete() -> None:
         async def scenario() -> None:
             ws, _ = await open_client(srv.url, since="2")
             messages = await recv_until(ws, lambda m: m["type"] == "websocket.replayed")
-            assert [m["payload"]["n"] for m in messages[:-1]] == [7, 8, 9, 10, 11]
+            # The gap is announced before the first replayed event, then the events.
+            assert messages[0]["type"] == "websocket.gap"
+            assert messages[0]["payload"]["reason"] == "trimmed"
+            assert [m["payload"]["n"] for m in messages[1:-1]] == [7, 8, 9, 10, 11]
             assert messages[-1]["payload"]["complete"] is False
             ws2, _ = await open_client(srv.url, since="999")  # an id this stream never gave
-            [replayed] = await recv_until(ws2, lambda m: m["type"] == "websocket.replayed")
+            gap, replayed = await recv_until(ws2, lambda m: m["type"] == "websocket.replayed")
+            assert (gap["type"], gap["payload"]["reason"]) == ("websocket.gap", "unknown_position")
             assert replayed["payload"] == {
                 "since": "999",
                 "count": 0,
@@ -829,3 +834,100 @@ def test_bad_batch_at_connect_is_refused_with_http_400(server: evkit.Server, val
         assert orjson.loads(info.value.response.body)["code"] == "invalid_message"
 
     run(scenario())
+
+
+def server_write_buffers(srv: evkit.Server) -> list[int]:
+    """Bytes waiting in each client connection's outgoing buffer, read on the server's loop."""
+    from evkit._loop import loop_thread
+
+    async def read() -> list[int]:
+        return [c.transport.get_write_buffer_size() for c in srv.broadcaster._handling]
+
+    return loop_thread().run(read(), 10)
+
+
+def test_subscribe_with_since_is_paced_like_a_resume() -> None:
+    # Five clients that never read, each asking for 20 MB of history on an open
+    # connection: the server holds about a slice per client, not the history five times.
+    limit = 1024 * 1024
+    srv = evkit.serve(port=0, history_size=20_000, client_buffer_limit=limit)
+    try:
+        padding = "x" * 1000
+        for n in range(20_000):
+            evkit.emit("history.paced.event", {"n": n, "padding": padding})
+        evkit.flush()
+
+        async def scenario() -> None:
+            clients = [(await open_client(srv.url, eventTypes=""))[0] for _ in range(5)]
+            for ws in clients:
+                reply = await request(
+                    ws,
+                    {"type": "subscribe", "payload": {"eventTypes": ["history.*"], "since": "0"}},
+                )
+                assert reply["type"] == "websocket.subscribed"
+            buffers = await asyncio.get_running_loop().run_in_executor(
+                None, server_write_buffers, srv
+            )
+            assert len(buffers) == 5
+            assert max(buffers) <= limit, buffers  # was about 20 MB each
+            # A reader then gets all of it, once each, and the end of the replay.
+            reader = clients[0]
+            messages = await recv_until(
+                reader, lambda m: m["type"] == "websocket.replayed", timeout=30
+            )
+            assert [m["payload"]["n"] for m in messages if "id" in m] == list(range(20_000))
+            assert messages[-1]["payload"]["complete"] is True
+            evkit.emit("history.paced.live", {"n": -1})
+            [live] = await recv_events(reader, 1)
+            assert live["payload"]["n"] == -1
+            await reader.close()
+            for ws in clients[1:]:
+                ws.transport.abort()  # they read nothing: a closing handshake would wait
+
+        run(scenario())
+    finally:
+        srv.stop()
+
+
+def test_live_events_meet_a_paced_subscribe_replay_with_no_gap_and_no_duplicate() -> None:
+    # 5 MB of history goes out in 256 KB slices while another thread keeps emitting.
+    srv = evkit.serve(port=0, history_size=50_000)
+    stop = threading.Event()
+    padding = "y" * 1000
+    try:
+        for n in range(5_000):
+            evkit.emit("seam.test.event", {"n": n, "padding": padding})
+        evkit.flush()
+
+        def keep_emitting() -> None:
+            n = 5_000
+            while not stop.is_set() and n < 10_000:
+                evkit.emit("seam.test.event", {"n": n, "padding": padding})
+                n += 1
+                if n % 50 == 0:
+                    time.sleep(0.001)  # a steady stream, not a burst past the buffer limit
+
+        async def scenario() -> None:
+            ws, _ = await open_client(srv.url, eventTypes="")
+            emitter = threading.Thread(target=keep_emitting)
+            emitter.start()
+            try:
+                await send_json(
+                    ws, {"type": "subscribe", "payload": {"eventTypes": ["seam.*"], "since": "0"}}
+                )
+                numbers: list[int] = []
+                async with asyncio.timeout(30):
+                    while len(numbers) < 10_000:
+                        message = await recv_json(ws)
+                        if "id" in message:
+                            numbers.append(message["payload"]["n"])
+            finally:
+                stop.set()
+                emitter.join()
+            assert numbers == list(range(10_000))
+            await ws.close()
+
+        run(scenario())
+    finally:
+        stop.set()
+        srv.stop()

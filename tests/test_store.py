@@ -10,8 +10,10 @@ resuming across a restart sees. Waits are on conditions with deadlines: ``sync()
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
+import random
 import re
 import signal
 import sqlite3
@@ -26,6 +28,7 @@ from typing import Any
 
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 import evkit
 from evkit.messages import encode, encode_event
@@ -500,7 +503,11 @@ async def resume(url: str, **query: str) -> tuple[list[dict[str, Any]], dict[str
         seen = await recv_until(ws, lambda m: m["type"] == "websocket.replayed")
     finally:
         await ws.close()
-    return seen[:-1], seen[-1]["payload"]
+    marker = seen[-1]["payload"]
+    # An incomplete replay is announced first, before any replayed event.
+    gaps = [m for m in seen if m["type"] == "websocket.gap"]
+    assert gaps == ([] if marker["complete"] else [seen[0]]), seen[:3]
+    return [m for m in seen[:-1] if "id" in m], marker
 
 
 def test_server_sqlite_store_resumes_across_a_restart(tmp_path: Path) -> None:
@@ -735,3 +742,132 @@ def test_cli_serve_rejects_a_bad_store_url_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "evkit: unknown option 'maxevents' for sqlite://" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- kill -9 at random points: acknowledged events kept, ids never reused ----------------------
+
+
+async def http_post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to ``url`` over a plain asyncio connection; OSError if the server died."""
+    parts = url.removeprefix("http://").split("/", 1)
+    host, port = parts[0].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"POST /{parts[1]} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, data = answer.partition(b"\r\n\r\n")
+    if not head:
+        raise ConnectionResetError("the server closed the connection without answering")
+    return int(head.split(b" ", 2)[1]), orjson.loads(data)
+
+
+async def load_until_killed(
+    url: str, process: subprocess.Popen[str], kill_after: float
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]], str]:
+    """POST numbered events while a client reads them; SIGKILL the server mid-stream.
+
+    Returns what the client was sent, what the POSTs acknowledged (id, n) and the epoch.
+    """
+    ws, welcome = await open_client(url, eventTypes="kill.*")
+    seen: list[tuple[str, int]] = []
+    acknowledged: list[tuple[str, int]] = []
+    first_acknowledged = asyncio.Event()
+
+    async def read() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                message = orjson.loads(raw)
+                if "id" in message:
+                    seen.append((message["id"], message["payload"]["n"]))
+
+    async def post_forever() -> None:
+        n = 0
+        post_url = url.replace("ws://", "http://").replace("/ws/events", "/events")
+        while True:
+            body = orjson.dumps(
+                [{"type": "kill.test.event", "payload": {"n": n + i}} for i in range(25)]
+            )
+            try:
+                status, answer = await http_post(post_url, body)
+            except OSError:
+                return  # killed while this POST was in flight: it was not acknowledged
+            assert status == 202, answer
+            acknowledged.extend(zip(answer["ids"], range(n, n + 25), strict=True))
+            first_acknowledged.set()
+            n += 25
+
+    reader = asyncio.create_task(read())
+    poster = asyncio.create_task(post_forever())
+    await asyncio.wait_for(first_acknowledged.wait(), 10)
+    await asyncio.sleep(kill_after)  # a random point of the stream, not a wait for a condition
+    process.send_signal(signal.SIGKILL)
+    await asyncio.get_running_loop().run_in_executor(None, process.wait, 10)
+    await asyncio.wait_for(asyncio.gather(reader, poster), 10)
+    epoch: str = welcome["payload"]["epoch"]
+    return seen, acknowledged, epoch
+
+
+def stored_numbers(path: Path) -> dict[str, int]:
+    """Each stored event's id and payload n, read from the file itself."""
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute("SELECT id, frame FROM events").fetchall()
+    finally:
+        connection.close()
+    return {str(row[0]): orjson.loads(row[1])["payload"]["n"] for row in rows}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_keeps_acknowledged_events_and_never_reuses_an_id(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kill.db"
+    rng = random.Random(20261204)
+    highest_seen = 0
+    for round_ in range(4):
+        process, url = serve_command(f"sqlite:///{path}")
+        try:
+            seen, acknowledged, epoch = asyncio.run(
+                load_until_killed(url, process, rng.uniform(0.05, 0.4))
+            )
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+        assert acknowledged, f"round {round_}: nothing was acknowledged before the kill"
+        stored = stored_numbers(path)
+        # Every acknowledged event is on disk, under the id the POST answered.
+        missing = [(i, n) for i, n in acknowledged if stored.get(i) != n]
+        assert missing == [], f"round {round_}: acknowledged but lost: {missing[:5]}"
+        # What the client was sent is on disk under the same id, or lost: never another event.
+        lost = [(i, n) for i, n in seen if i not in stored]
+        assert all(stored[i] == n for i, n in seen if i in stored), f"round {round_}"
+
+        process, url = serve_command(f"sqlite:///{path}")
+        try:
+            _, replayed = asyncio.run(resume(url, since=seen[-1][0], epoch=epoch))
+            if lost:  # the client saw events the disk lost: a new stream, and it is told so
+                assert replayed["epoch"] != epoch
+                assert replayed["complete"] is False
+            # New ids continue after every id any client may have seen.
+            status, answer = asyncio.run(
+                http_post(
+                    url.replace("ws://", "http://").replace("/ws/events", "/events"),
+                    orjson.dumps({"type": "kill.test.after", "payload": {"n": -1}}),
+                )
+            )
+            assert status == 202
+            highest_seen = max(highest_seen, *(int(i) for i, _ in seen))
+            assert int(answer["ids"][0]) > highest_seen, (answer, highest_seen)
+        finally:
+            assert stop_command(process) == 0
+        print(
+            f"round {round_}: {len(acknowledged)} acknowledged, {len(seen)} sent, "
+            f"{len(lost)} sent but lost, resume complete={replayed['complete']}"
+        )

@@ -35,6 +35,8 @@ class Store(ABC):
     name: str
     epoch: str
     last_id: int
+    #: True when ``sync()`` makes what was appended survive a crash of the process.
+    durable: bool = False
     #: True for a stream several broadcasters share (Redis): the store assigns the ids
     #: and every instance, the writer included, delivers what it reads back.
     shared: bool = False
@@ -67,6 +69,20 @@ class Store(ABC):
             OSError, sqlite3.Error: the store cannot be opened; the message says where.
         """
         return None
+
+    def claim(self, count: int) -> int:
+        """How many of the next ``count`` ids may be handed out now (call before assigning).
+
+        A durable store may allow fewer while it commits how far ids may go, so that an
+        id handed out before a crash is never handed out again; ask again shortly.
+        """
+        return count
+
+    def continues(self, epoch: str) -> bool:
+        """Whether ids of ``epoch`` are positions in this stream (an epoch this one replaced
+        after a crash, with ids that never repeat): a resume from it is served, incomplete.
+        """
+        return False
 
     @abstractmethod
     def append(self, record: Record) -> None:

@@ -11,6 +11,22 @@ reads the epoch and the last id back, so after a restart ids continue and histor
 still served. Replays older than the ring read the database on the loop thread with a
 separate read connection (WAL lets it read while the writer writes).
 
+Ids are handed out before they are committed (delivery does not wait for the disk), so
+a crash (kill -9, power loss) can lose the newest events after clients were sent them.
+Such ids are never reused: the store persists a high-water mark (``reserved``) of the
+ids it may hand out, ahead of handing them out, and lowers it to the last committed id
+whenever everything is written (idle, ``sync()``, ``close()``). At open, a mark above
+the last committed id means the previous run ended with events that may be lost: the
+store starts a new epoch whose ids continue after the mark, and remembers the epoch it
+replaced (:meth:`SQLiteStore.continues`), so a client resuming from it is replayed what
+is left and told the replay is incomplete. A run that ended with everything written
+(clean stop, or killed while idle) keeps its epoch and nothing is reported.
+
+With ``synchronous=NORMAL`` in WAL mode a committed event survives the process being
+killed but may be lost with the last transactions on a power loss or OS crash;
+``synchronous=FULL`` (the ``synchronous`` option) survives both and costs an fsync
+per commit.
+
 If the disk fails, the error is logged, shown by ``health()``, and the batch is kept
 and retried; past ``max_pending`` unwritten events the oldest are dropped and counted.
 """
@@ -26,11 +42,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from evkit.store.base import Record, Store, new_epoch
 
 __all__ = ["SCHEMA", "SQLiteStore"]
 
 logger = logging.getLogger("evkit.store.sqlite")
+
+_RESERVE_STEP = 100_000  # ids the high-water mark runs ahead of the newest, under load
+_LINEAGE = 16  # epochs replaced after crashes that a resume may still come from
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -49,6 +70,7 @@ class SQLiteStore(Store):
     """Durable history in one SQLite file. See the module docstring."""
 
     name = "sqlite"
+    durable = True
 
     def __init__(
         self,
@@ -59,7 +81,11 @@ class SQLiteStore(Store):
         max_age: float | None = None,
         batch_interval: float = 0.05,
         max_pending: int = 1_000_000,
+        synchronous: str = "NORMAL",
     ) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+        self.synchronous = synchronous.upper()
         self.path = Path(path)
         self.memory_size = memory_size
         self.max_events = max_events
@@ -80,6 +106,14 @@ class SQLiteStore(Store):
         self._closing = False
         self._writer: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
+        # The id high-water mark: ids up to _reserved may be handed out (it is committed,
+        # or lower than what is); _wanted is the mark the loop asked for next.
+        self._reserved = 0
+        self._wanted = 0
+        self._claimed = 0  # the newest id the loop was allowed to hand out
+        self._on_disk = 0  # the mark as committed
+        self._tighten = False  # lower the mark to what is written, once all of it is
+        self._lineage: list[str] = []  # epochs this one continues (after crashes)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -93,17 +127,45 @@ class SQLiteStore(Store):
             stored_last = connection.execute(
                 "SELECT value FROM meta WHERE key = 'last_id'"
             ).fetchone()
-            if row is None or (bounds[1] is None and stored_last is None):
+            meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+            committed = max(bounds[1] or 0, int(stored_last[0]) if stored_last else 0)
+            reserved = int(meta.get("reserved", committed))
+            if row is None or (bounds[1] is None and stored_last is None and reserved == 0):
                 self.epoch = new_epoch()
-                connection.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (self.epoch,)
+            elif reserved > committed:
+                # The last run may have handed out ids (committed, reserved] that are not
+                # on disk: a new epoch, continuing after them, so none is reused.
+                lineage = orjson.loads(meta.get("lineage", "[]"))
+                self._lineage = [*lineage, row[0]][-_LINEAGE:]
+                self.epoch = new_epoch()
+                logger.warning(
+                    "sqlite store %s was not closed cleanly: events after id %d may be lost; "
+                    "new epoch %s (was %s), ids continue after %d, resuming clients are told "
+                    "their replay is incomplete",
+                    self.path,
+                    committed,
+                    self.epoch,
+                    row[0],
+                    reserved,
                 )
-                connection.commit()
+                committed = reserved
             else:
                 self.epoch = row[0]
-            self.last_id = max(bounds[1] or 0, int(stored_last[0]) if stored_last else 0)
+                self._lineage = orjson.loads(meta.get("lineage", "[]"))
+            with connection:
+                connection.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("epoch", self.epoch),
+                        ("last_id", str(committed)),
+                        ("reserved", str(committed)),
+                        ("lineage", orjson.dumps(self._lineage).decode()),
+                    ],
+                )
+            self.last_id = committed
             self._first_on_disk = bounds[0] if bounds[0] is not None else self.last_id + 1
-            self._written_id = self.last_id
+            self._written_id = self._claimed = self._reserved = self._wanted = self.last_id
+            self._on_disk = self.last_id
         finally:
             connection.close()
         self._reader = self._connect()
@@ -120,12 +182,21 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA synchronous={self.synchronous}")
         return connection
+
+    def continues(self, epoch: str) -> bool:
+        """Whether ``epoch`` is one this store's epoch replaced after a crash.
+
+        Ids never repeat across them, so an id of that epoch is a position here; what
+        followed it may have been lost.
+        """
+        return epoch in self._lineage
 
     def close(self) -> None:
         with self._lock:
             self._closing = True
+            self._tighten = True
             self._lock.notify_all()
         if self._writer is not None:
             self._writer.join(30)
@@ -134,6 +205,21 @@ class SQLiteStore(Store):
             self._reader = None
 
     # -- the loop side ------------------------------------------------------------------
+
+    def claim(self, count: int) -> int:
+        """How many of the next ``count`` ids may be handed out now (see the module doc).
+
+        When fewer than ``count``, a higher mark is being committed: ask again shortly.
+        """
+        wanted = self.last_id + count
+        with self._lock:
+            reserved = self._reserved
+            if wanted + _RESERVE_STEP // 2 > reserved and self._wanted < wanted + _RESERVE_STEP:
+                self._wanted = wanted + _RESERVE_STEP
+                self._lock.notify_all()
+            allowed = max(0, min(count, reserved - self.last_id))
+            self._claimed = max(self._claimed, self.last_id + allowed)
+        return allowed
 
     def append(self, record: Record) -> None:
         self._ring.append(record)
@@ -186,20 +272,58 @@ class SQLiteStore(Store):
         try:
             while True:
                 with self._lock:
-                    if not self._pending and not self._closing:
-                        self._lock.wait(self.batch_interval)
+                    idle = not (self._pending or self._closing or self._wanted > self._reserved)
+                    if idle and not self._lock.wait(self.batch_interval) and not self._pending:
+                        self._tighten = True  # a whole interval with nothing to write
                     batch = self._pending
                     self._pending = []
                     self._writing = batch
                     closing = self._closing
                 if batch:
                     self._write(connection, batch)
+                self._move_mark(connection)
                 if closing:
                     with self._lock:
                         if not self._pending:
                             break
         finally:
             connection.close()
+
+    def _move_mark(self, connection: sqlite3.Connection) -> None:
+        """Commit the high-water mark: raised when the loop asked, lowered when all is written.
+
+        A mark is committed before the loop may use it; a lowered one is visible to the
+        loop at once (it is below what is committed).
+        """
+        with self._lock:
+            if self._wanted > self._reserved:
+                mark = self._wanted
+            elif (
+                self._tighten
+                and not self._pending
+                and not self._writing
+                and self._claimed == self._written_id < self._on_disk
+            ):
+                mark = self._reserved = self._wanted = self._written_id  # lowered at once
+            else:
+                self._tighten = False
+                return
+            self._tighten = False
+        try:
+            with connection:
+                connection.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('reserved', ?)", (str(mark),)
+                )
+        except sqlite3.Error as exc:
+            with self._lock:
+                self._error = f"{type(exc).__name__}: {exc}"
+            logger.error("sqlite store %s: cannot write the id mark (%s); retrying", self.path, exc)
+            time.sleep(0.1)
+            return
+        with self._lock:
+            self._reserved = max(self._reserved, mark)
+            self._on_disk = mark
+            self._lock.notify_all()
 
     def _write(self, connection: sqlite3.Connection, batch: list[Record]) -> None:
         while True:
@@ -255,9 +379,18 @@ class SQLiteStore(Store):
             TimeoutError: the disk did not keep up within ``timeout`` seconds.
         """
         target = self.last_id
+
+        def done() -> bool:
+            # Written, and the mark lowered to match unless more is under way: a kill
+            # right after sync() then keeps the epoch, since nothing could be lost.
+            return self._written_id >= target and (
+                self._on_disk <= self._written_id or self._claimed > self._written_id
+            )
+
         with self._lock:
+            self._tighten = True
             self._lock.notify_all()
-            if not self._lock.wait_for(lambda: self._written_id >= target, timeout):
+            if not self._lock.wait_for(done, timeout):
                 raise TimeoutError(
                     f"sqlite store {self.path} did not write up to id {target} within "
                     f"{timeout:g} s (written: {self._written_id}; error: {self._error})"

@@ -21,7 +21,7 @@ from evkit.patterns import Matcher, compile_glob, validate_patterns
 
 __all__ = ["ANONYMOUS", "SCOPES", "Authenticator", "Principal"]
 
-SCOPES = ("subscribe", "publish", "admin")
+SCOPES = ("subscribe", "publish", "metrics", "admin")
 
 
 def _permission_matcher(allowed: str) -> Matcher:

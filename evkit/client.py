@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from evkit.exceptions import ProtocolError
 from evkit.messages import validate_correlation_id
 from evkit.patterns import validate_patterns
+from evkit.redaction import CLIENT_WIRE_LOGGER
 
 __all__ = ["Subscriber", "SubscriberStats"]
 
@@ -142,6 +143,7 @@ class Subscriber:
                 try:
                     async with connect(
                         self.connect_url(),
+                        logger=CLIENT_WIRE_LOGGER,
                         max_size=None,
                         open_timeout=self.open_timeout,
                         additional_headers=(

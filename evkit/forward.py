@@ -61,7 +61,7 @@ from evkit.bus import Event, EventBus, global_bus
 from evkit.exceptions import WaitTimeout
 from evkit.messages import encode
 from evkit.patterns import validate_patterns
-from evkit.redaction import DEFAULT_REDACT_KEYS, Redactor
+from evkit.redaction import CLIENT_WIRE_LOGGER, DEFAULT_REDACT_KEYS, Redactor
 
 __all__ = ["DEFAULT_REDACT_KEYS", "Forwarder", "connect"]
 
@@ -480,6 +480,7 @@ class Forwarder:
                 try:
                     async with websocket_connect(
                         self._connect_url,
+                        logger=CLIENT_WIRE_LOGGER,
                         additional_headers=self._headers,
                         open_timeout=self.connect_timeout,
                         close_timeout=2,

@@ -27,6 +27,7 @@ __all__ = [
     "ERROR",
     "GAP",
     "MAX_CORRELATION_ID_LENGTH",
+    "MAX_PAYLOAD_DEPTH",
     "PONG",
     "REPLAYED",
     "SUBSCRIBED",
@@ -61,6 +62,10 @@ BATCH: Final = "websocket.batch"
 PONG: Final = "pong"
 
 MAX_CORRELATION_ID_LENGTH = 256
+#: Deepest nesting of objects and arrays accepted in a published payload or a ping's
+#: payload (the encoder stops at 254 levels; a limit well inside it keeps every reply
+#: and every stored event encodable).
+MAX_PAYLOAD_DEPTH = 64
 MAX_EVENT_TYPE_LENGTH = 256
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -205,6 +210,12 @@ def validate_event(event: object, position: int | None = None) -> tuple[str, dic
             f"{where}payload must be an object, got {_describe(payload)}",
             {"index": position},
         )
+    if _too_deep(payload):
+        raise ProtocolError(
+            "invalid_event",
+            f"{where}payload nests objects and arrays more than {MAX_PAYLOAD_DEPTH} levels deep",
+            {"index": position, "maxDepth": MAX_PAYLOAD_DEPTH},
+        )
     correlation_id = payload.get("correlationId")
     if correlation_id is not None and not isinstance(correlation_id, str):
         raise ProtocolError(
@@ -304,6 +315,13 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         )
     payload = message.get("payload")
     if type_ == "ping":
+        if _too_deep(payload):
+            raise ProtocolError(
+                "invalid_message",
+                f"ping payload nests objects and arrays more than {MAX_PAYLOAD_DEPTH} levels "
+                "deep; the pong could not echo it",
+                {"field": "payload", "maxDepth": MAX_PAYLOAD_DEPTH},
+            )
         return Ping(payload)
     if type_ == "publish":
         if isinstance(payload, list):
@@ -411,6 +429,22 @@ def validate_batch(value: object) -> BatchOptions | None:
         f"0..{MAX_BATCH_DELAY_MS}}}, got {_describe(value)}",
         {"field": "batch"},
     )
+
+
+def _too_deep(value: object, limit: int = MAX_PAYLOAD_DEPTH) -> bool:
+    """Whether ``value`` nests dicts and lists more than ``limit`` levels (not recursive)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return True
+        items = container.values() if isinstance(container, dict) else container
+        for item in items:
+            if isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+    return False
 
 
 def _describe(value: object) -> str:

@@ -21,19 +21,35 @@ any depth, in dicts, in lists and tuples of them, and in dataclass instances (wh
 JSON encoding turns into objects too); the caller's payload is never modified (a
 changed copy is returned).
 
+:func:`scrub_credentials` does the same for log lines: bearer tokens, ``token=`` query
+parameters, credential headers and ``"token"`` fields in logged frames;
+:class:`CredentialFilter` and :class:`ScrubbingLogger` apply it to every record a logger
+produces.
+
 Pure: plain values in, plain values out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from evkit.patterns import compile_glob
 
-__all__ = ["DEFAULT_REDACT_KEYS", "DEFAULT_REDACT_PATTERN", "REDACTED", "Redactor", "normalise_key"]
+__all__ = [
+    "CLIENT_WIRE_LOGGER",
+    "DEFAULT_REDACT_KEYS",
+    "DEFAULT_REDACT_PATTERN",
+    "REDACTED",
+    "CredentialFilter",
+    "Redactor",
+    "ScrubbingLogger",
+    "normalise_key",
+    "scrub_credentials",
+]
 
 #: The key names redacted before patterns were used; all of them match the default
 #: patterns, so passing them as custom keys changes nothing.
@@ -141,3 +157,62 @@ class Redactor:
             return [self._redact(item) for item in value]
         fields = _fields(value)
         return value if fields is None else self._redact(fields)
+
+
+# Credentials as they appear in log lines: a header line (websockets logs "< Name: value"
+# at DEBUG), a bearer token anywhere, a token in a query string, a "token" field of a
+# logged JSON frame (first-message auth).
+_CREDENTIAL_PATTERNS = (
+    (
+        re.compile(
+            r"((?:proxy-)?authorization|cookie|set-cookie|x-api-key|x-auth-token)(\s*[:=]\s*)"
+            r"[^\r\n]*",
+            re.IGNORECASE,
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+    (re.compile(r"(bearer\s+)[^\s'\"]+", re.IGNORECASE), rf"\1{REDACTED}"),
+    (
+        re.compile(r"([?&](?:token|access_token|api_key|apikey)=)[^&\s'\"#]*", re.IGNORECASE),
+        rf"\1{REDACTED}",
+    ),
+    (re.compile(r"(\\?[\"']token\\?[\"']\s*:\s*\\?[\"'])[^\"'\\]*"), rf"\1{REDACTED}"),
+)
+
+
+def scrub_credentials(text: str) -> str:
+    """``text`` with the credentials it shows replaced by :data:`REDACTED`."""
+    for pattern, replacement in _CREDENTIAL_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class CredentialFilter(logging.Filter):
+    """A logging filter that scrubs credentials from each record's formatted message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = scrub_credentials(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        return True
+
+
+class ScrubbingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Logs through ``logger`` with credentials scrubbed: for a library's own logging
+    (websockets logs request lines and headers at DEBUG), without a filter on its
+    logger that would change it for every other user in the process."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        text = str(msg) % args if args else str(msg)
+        kwargs.setdefault("stacklevel", 2)
+        self.logger.log(level, scrub_credentials(text), **kwargs)
+
+
+#: What evkit's clients log websockets' client side through (Authorization headers).
+CLIENT_WIRE_LOGGER = ScrubbingLogger(logging.getLogger("websockets.client"))

@@ -95,13 +95,18 @@ from evkit.messages import (
 )
 from evkit.metrics import LATENCY_BUCKETS
 from evkit.patterns import SubscriptionIndex, compile_pattern, validate_patterns
-from evkit.redaction import Redactor
+from evkit.redaction import CredentialFilter, Redactor, ScrubbingLogger
 from evkit.store import Record, open_store
 from evkit.store.redis import RedisStore, StoreUnavailable
 
 __all__ = ["Broadcaster", "Server", "ServerSettings", "flush", "running_servers", "serve"]
 
 logger = logging.getLogger("evkit.server")
+# Nothing this server logs shows a credential, at any level: its own records are
+# filtered, and websockets logs through a scrubbing adapter (request lines, headers and
+# frames at DEBUG would show tokens).
+logger.addFilter(CredentialFilter())
+_WIRE_LOGGER = ScrubbingLogger(logging.getLogger("websockets.server"))
 
 EVENTS_PATH = "/ws/events"
 _BASE36 = string.digits + string.ascii_lowercase
@@ -114,6 +119,9 @@ _REDIS_REPLAY_COUNT = 500  # most entries per XRANGE of a replay
 # large: at 1,000 clients a turn takes 100 events (6.9M deliveries/s, worst loop lag 37
 # ms in bench/fanout.py; with 20,000 it was 20 events, 2.7M/s and 102 ms).
 _DRAIN_DELIVERIES = 100_000
+#: Event-type categories counted by name in the stats and /metrics; the rest are "other".
+MAX_CATEGORIES = 100
+OTHER_CATEGORY = "other"
 _CLAIM_RETRY = 0.001  # seconds before asking a durable store again for ids
 _PLAN_CACHE_SIZE = 1_024  # write plans kept, one per distinct list of recipients
 # A batch is sent this much before its window ends (at most half the window), so that
@@ -136,6 +144,8 @@ class ServerSettings:
         queue_size: most events waiting between ``emit()`` and the loop; past it they are
             dropped and counted.
         history_size: events kept in memory for replay (``since``).
+        history_bytes: most bytes of encoded events kept in memory for replay: past it
+            (or past ``history_size``) the oldest are dropped.
         store: where history lives: ``memory://`` (a ring of ``history_size``),
             ``sqlite:///path/events.db`` (durable) or ``redis://host:6379/0`` (a Redis
             stream shared by several broadcasters; see :func:`evkit.store.open_store`).
@@ -164,6 +174,9 @@ class ServerSettings:
             ``publish`` scope).
         max_connections, max_connections_per_ip, connections_per_second_per_ip: limits
             on clients (refused at the handshake with 503 / 429).
+        max_authenticating: most connections waiting to send their credentials as a first
+            message (refused with 503 past it); they do not count towards
+            ``max_connections`` until they have authenticated.
         messages_per_second, message_burst: a token bucket per client; excess messages
             get ``rate_limited`` and change nothing; after ``rate_limit_strikes`` of them
             the client is closed with 1008.
@@ -173,6 +186,9 @@ class ServerSettings:
         redact_defaults: whether the default patterns apply (password, token, secret,
             api key, auth, cookie, session, credential, private key...).
         max_post_size: largest ``POST /events`` body, in bytes.
+        public_metrics: with auth on, ``/metrics`` and the full ``/healthz`` need a
+            credential with the ``metrics`` scope (``/healthz`` answers only its status
+            without one); True opens them to anyone who can reach the port.
     """
 
     host: str = "127.0.0.1"
@@ -181,6 +197,7 @@ class ServerSettings:
     max_subscriptions: int = 128
     queue_size: int = 100_000
     history_size: int = 10_000
+    history_bytes: int = 16 * 1024 * 1024
     client_buffer_limit: int = 1024 * 1024
     compression: bool = False
     ping_interval: float | None = 20.0
@@ -196,6 +213,7 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] | None = None
     allow_publish: bool = True
     max_connections: int = 10_000
+    max_authenticating: int = 100
     max_connections_per_ip: int = 1_000
     connections_per_second_per_ip: float = 100.0
     messages_per_second: float = 200.0
@@ -204,6 +222,7 @@ class ServerSettings:
     redact_keys: tuple[str, ...] = ()
     redact_defaults: bool = True
     max_post_size: int = 1024 * 1024
+    public_metrics: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -219,9 +238,11 @@ class ServerSettings:
             "max_subscriptions",
             "queue_size",
             "history_size",
+            "history_bytes",
             "maxlen",
             "client_buffer_limit",
             "max_connections",
+            "max_authenticating",
             "max_connections_per_ip",
             "message_burst",
             "rate_limit_strikes",
@@ -370,6 +391,7 @@ class Broadcaster:
             self.settings.history_size,
             stream=self.settings.stream,
             maxlen=self.settings.maxlen,
+            history_bytes=self.settings.history_bytes,
         )
         self.epoch = self.store.epoch
         self._index: SubscriptionIndex[ServerConnection] = SubscriptionIndex()
@@ -378,6 +400,8 @@ class Broadcaster:
         # Every connection past the handshake, including those still to authenticate or
         # catching up on history: what max_connections bounds.
         self._handling: set[ServerConnection] = set()
+        # Of those, the ones still to send their credentials (max_authenticating bounds it).
+        self._authenticating: set[ServerConnection] = set()
         self._pending: deque[tuple[Event, str | None, bytes, float]] = deque()
         settings = self.settings
         self.auth = Authenticator(settings.token, settings.jwt_secret, settings.jwt_public_key)
@@ -443,6 +467,7 @@ class Broadcaster:
                 ping_interval=settings.ping_interval,
                 close_timeout=2,
                 server_header="evkit",
+                logger=_WIRE_LOGGER,
                 create_connection=type(
                     "EvkitServerConnection", (_HTTPPostConnection,), {"broadcaster": self}
                 ),
@@ -535,9 +560,7 @@ class Broadcaster:
             posted.add(id(event))
         if len(self._pending) >= self.settings.queue_size or self._closing:
             count = next(self._dropped)
-            category = event.type.partition(".")[0]
-            with self._drop_lock:
-                self._dropped_by_category[category] = self._dropped_by_category.get(category, 0) + 1
+            self._count_drop(event.type)
             if count % 10_000 == 0:
                 logger.warning(
                     "evkit broadcaster queue is full (%d events): dropping events; %d dropped so far",
@@ -549,9 +572,7 @@ class Broadcaster:
             payload_json = encode(self.redact(event.payload))
         except (InvalidEventError, RecursionError) as exc:  # too deep for the redactor
             next(self._unencodable)
-            category = event.type.partition(".")[0]
-            with self._drop_lock:
-                self._dropped_by_category[category] = self._dropped_by_category.get(category, 0) + 1
+            self._count_drop(event.type)
             logger.error("dropped %s: %s", event.type, exc)
             return
         correlation_id = event.payload.get("correlationId")
@@ -571,6 +592,12 @@ class Broadcaster:
                 self._loop.call_soon_threadsafe(self._drain)
             except RuntimeError:  # loop closed: the server is gone
                 self._wakeup_scheduled = False
+
+    def _count_drop(self, type_: str) -> None:
+        with self._drop_lock:
+            dropped = self._dropped_by_category
+            category = _category(dropped, type_)
+            dropped[category] = dropped.get(category, 0) + 1
 
     # -- the loop side ----------------------------------------------------------------
 
@@ -632,7 +659,7 @@ class Broadcaster:
         latency_sum = 0.0
         now = time.perf_counter()
         for event, _, _, stamp in items:
-            category = event.type.partition(".")[0]
+            category = _category(published_by, event.type)
             published_by[category] = published_by.get(category, 0) + 1
             waited = now - stamp
             latency_sum += waited
@@ -711,7 +738,7 @@ class Broadcaster:
         if delivered_by_type:
             delivered_by = self._stats.delivered_by_category
             for type_, count in delivered_by_type.items():
-                category = type_.partition(".")[0]
+                category = _category(delivered_by, type_)
                 delivered_by[category] = delivered_by.get(category, 0) + count
             self._stats.delivered += sum(delivered_by_type.values())
         self._evict_slow_consumers()
@@ -998,8 +1025,17 @@ class Broadcaster:
         if url.path == EVENTS_PATH:
             return self._admit(connection, request, url.query)
         if url.path == "/healthz":
+            if self._metrics_refusal(request, url.query) is not None:
+                # Liveness stays open; counts, epoch and positions need the metrics scope.
+                return _json_response(
+                    connection, http.HTTPStatus.OK, {"status": self.health()["status"]}
+                )
             return _json_response(connection, http.HTTPStatus.OK, self.health())
         if url.path == "/metrics":
+            refusal = self._metrics_refusal(request, url.query)
+            if refusal is not None:
+                status, code, error = refusal
+                return self._refuse(connection, status, code, {"error": error, "code": code})
             from evkit.metrics import render
 
             try:
@@ -1020,6 +1056,32 @@ class Broadcaster:
             {"error": f"no route for {url.path}; the event stream is at {EVENTS_PATH}"},
         )
 
+    def _metrics_refusal(
+        self, request: Request, query: str
+    ) -> tuple[http.HTTPStatus, str, str] | None:
+        """Why this request may not read the counters (status, code, sentence), or None.
+
+        With auth on, ``/metrics`` and the full ``/healthz`` need a credential with the
+        ``metrics`` scope (a static token has every scope), unless ``public_metrics``.
+        """
+        if not self.auth.enabled or self.settings.public_metrics:
+            return None
+        credential = (
+            _bearer(request.headers.get("Authorization"))
+            or (parse_qs(query).get("token", [None])[-1])
+        )
+        try:
+            principal = self.auth.authenticate(credential)
+        except ProtocolError as exc:
+            return http.HTTPStatus.UNAUTHORIZED, "unauthorized", exc.error
+        if not principal.may("metrics"):
+            return (
+                http.HTTPStatus.FORBIDDEN,
+                "forbidden",
+                "this token does not grant the metrics scope",
+            )
+        return None
+
     def _refuse(
         self,
         connection: ServerConnection,
@@ -1034,7 +1096,6 @@ class Broadcaster:
 
     def _admit(self, connection: ServerConnection, request: Request, query: str) -> Response | None:
         """Decide at the handshake whether a WebSocket client may connect."""
-        settings = self.settings
         address = _address(connection)
         origin = request.headers.get("Origin")
         if not self._origin_allowed(origin, request.headers.get("Host")):
@@ -1043,13 +1104,6 @@ class Broadcaster:
                 http.HTTPStatus.FORBIDDEN,
                 "origin",
                 {"error": f"origin {origin!r} is not allowed", "code": "forbidden"},
-            )
-        if len(self._handling) >= settings.max_connections:
-            return self._refuse(
-                connection,
-                http.HTTPStatus.SERVICE_UNAVAILABLE,
-                "max_connections",
-                {"error": f"the server holds its maximum of {settings.max_connections} clients"},
             )
         limited = self._addresses.admit(address)
         if limited is not None:
@@ -1082,7 +1136,35 @@ class Broadcaster:
             }.get(exc.code, http.HTTPStatus.BAD_REQUEST)
             reason = exc.code if exc.code in ("unauthorized", "forbidden") else "bad_request"
             return self._refuse(connection, status, reason, {"error": exc.error, "code": exc.code})
+        full = self._capacity_refusal(waiting_for_auth=start.principal is None)
+        if full is not None:
+            reason, error = full
+            return self._refuse(
+                connection, http.HTTPStatus.SERVICE_UNAVAILABLE, reason, {"error": error}
+            )
         connection.evkit_start = start  # type: ignore[attr-defined]
+        return None
+
+    def _capacity_refusal(self, waiting_for_auth: bool) -> tuple[str, str] | None:
+        """Why one more connection cannot be taken (reason, sentence), or None.
+
+        Connections still to authenticate have a budget of their own
+        (``max_authenticating``), so unauthenticated handshakes cannot lock valid
+        clients out of ``max_connections``.
+        """
+        settings = self.settings
+        waiting = len(self._authenticating)
+        if waiting_for_auth:
+            if waiting >= settings.max_authenticating:
+                return "max_authenticating", (
+                    f"{waiting} connections are already waiting to authenticate (the limit is "
+                    f"{settings.max_authenticating}); send credentials in the handshake "
+                    "(Authorization: Bearer ...) or retry later"
+                )
+        elif len(self._handling) - waiting >= settings.max_connections:
+            return "max_connections", (
+                f"the server holds its maximum of {settings.max_connections} clients"
+            )
         return None
 
     def _authorize(self, start: _ConnectOptions, principal: Principal) -> _ConnectOptions:
@@ -1238,12 +1320,29 @@ class Broadcaster:
         self._handling.add(connection)
         try:
             if start is not None and start.principal is None:
-                start = await self._first_message_auth(connection, start)
+                self._authenticating.add(connection)
+                try:
+                    start = await self._first_message_auth(connection, start)
+                finally:
+                    self._authenticating.discard(connection)
+                if start is not None and (
+                    len(self._handling) - len(self._authenticating) > self.settings.max_connections
+                ):
+                    start = None
+                    await self._refuse_after_auth(connection)
             if start is not None and not self._closing:
                 await self._serve_client(connection, start)
         finally:
             self._handling.discard(connection)
             self._addresses.closed(address)
+
+    async def _refuse_after_auth(self, connection: ServerConnection) -> None:
+        """Close a client that authenticated while the server filled up (1013)."""
+        rejected = self._stats.rejected
+        rejected["max_connections"] = rejected.get("max_connections", 0) + 1
+        reason = f"the server holds its maximum of {self.settings.max_connections} clients"
+        logger.info("closing %s after authentication: %s", _address(connection), reason)
+        await connection.close(1013, reason[:120])
 
     async def _serve_client(self, connection: ServerConnection, start: _ConnectOptions) -> None:
         patterns, correlation_id, since = start.patterns, start.correlation_id, start.since
@@ -2026,6 +2125,16 @@ def _spread(
             pending[connection] = [chunk]
         else:
             queued.append(chunk)
+
+
+def _category(counts: dict[str, int], type_: str) -> str:
+    """The label ``type_`` is counted under in ``counts``: its first segment, or ``other``
+    once :data:`MAX_CATEGORIES` are counted (publishers choose types: the label set of
+    ``/metrics`` and the stats stays bounded)."""
+    category = type_.partition(".")[0]
+    if category in counts or len(counts) < MAX_CATEGORIES:
+        return category
+    return OTHER_CATEGORY
 
 
 def _type_filter(patterns: Iterable[str], already: Iterable[str]) -> Callable[[str], bool] | None:

@@ -426,7 +426,9 @@ def test_a_gap_is_counted_even_when_the_connection_drops_before_the_replay_ends(
     # The gap is announced before the replayed events: a subscriber cut after the first
     # few resumes from an id past the gap (a complete replay), and has counted it anyway.
     # 20 MB of history cannot all be on the wire when the first ten events are read.
-    srv = evkit.serve(port=0, history_size=20_000, client_buffer_limit=64 * 1024)
+    srv = evkit.serve(
+        port=0, history_size=20_000, client_buffer_limit=64 * 1024, history_bytes=64 * 1024 * 1024
+    )
     try:
         padding = "x" * 1000
         for seq in range(25_000):

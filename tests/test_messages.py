@@ -12,6 +12,7 @@ import pytest
 from evkit.exceptions import InvalidEventError, InvalidPatternError, ProtocolError
 from evkit.messages import (
     ERROR,
+    MAX_PAYLOAD_DEPTH,
     UNSET,
     Auth,
     BatchOptions,
@@ -663,3 +664,25 @@ def test_validate_correlation_id() -> None:
     assert caught.value.code == "invalid_message"
     assert caught.value.error.startswith("x-correlation-id must be a non-empty string")
     assert caught.value.detail == {"field": "x-correlation-id"}
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for level in range(depth):
+        value = {"l": value} if level % 2 else [value]
+    return value
+
+
+def test_payloads_nested_past_the_limit_are_refused_before_anything_happens() -> None:
+    ok = nested(MAX_PAYLOAD_DEPTH)
+    assert decode_client_message(orjson.dumps({"type": "ping", "payload": ok})) == Ping(ok)
+    too_deep = nested(MAX_PAYLOAD_DEPTH + 1)
+    with pytest.raises(ProtocolError) as info:
+        decode_client_message(orjson.dumps({"type": "ping", "payload": too_deep}))
+    assert info.value.code == "invalid_message"
+    assert f"more than {MAX_PAYLOAD_DEPTH} levels" in info.value.error
+    event = {"type": "a.b", "payload": {"deep": nested(MAX_PAYLOAD_DEPTH)}}
+    with pytest.raises(ProtocolError) as info:
+        decode_client_message(orjson.dumps({"type": "publish", "payload": [event]}))
+    assert info.value.code == "invalid_event"
+    assert info.value.detail == {"index": 0, "maxDepth": MAX_PAYLOAD_DEPTH}

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
@@ -19,14 +20,33 @@ from websockets.exceptions import ConnectionClosed
 import evkit
 from evkit._loop import loop_thread
 from evkit.metrics import LATENCY_BUCKETS
+from evkit.server import MAX_CATEGORIES, OTHER_CATEGORY
 from tests.support import open_client, recv_events, recv_json, recv_until, send_json
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+def metrics_credentials(server: evkit.Server) -> dict[str, str]:
+    """What a scraper of this server sends: with auth on, a token with the metrics scope."""
+    settings = server.settings
+    if settings.token:
+        return {"Authorization": f"Bearer {settings.token}"}
+    if settings.jwt_secret:
+        import jwt
+
+        token = jwt.encode(
+            {"scope": "metrics", "exp": int(time.time()) + 3600}, settings.jwt_secret, "HS256"
+        )
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
 def scrape(server: evkit.Server) -> Samples:
     """Every sample of ``/metrics``, keyed by sample name and labels."""
-    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5) as response:
+    request = urllib.request.Request(
+        f"{server.http_url}/metrics", headers=metrics_credentials(server)
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         text = response.read().decode()
@@ -308,3 +328,69 @@ def test_payloads_that_cannot_leave_the_process_are_counted_as_dropped() -> None
         check_histogram(samples, 1)
     finally:
         srv.stop()
+
+
+def test_the_category_label_set_is_capped_with_an_other_bucket(server: evkit.Server) -> None:
+    # Publishers choose event types: 3,000 categories must not grow /metrics by 3,000
+    # label values per family.
+    for n in range(3_000):
+        evkit.emit(f"category{n}.thing.happened", {"n": n})
+    evkit.flush()
+    samples = scrape(server)
+    published = labelled(samples, "evkit_events_published_total", "category")
+    assert len(published) == MAX_CATEGORIES + 1
+    assert published[OTHER_CATEGORY] == 3_000 - MAX_CATEGORIES
+    assert sum(published.values()) == 3_000
+    assert server.stats()["published"] == 3_000
+
+
+def test_with_auth_on_metrics_and_the_full_health_need_the_metrics_scope() -> None:
+    import jwt
+
+    secret = "metrics-secret-for-hs256-0123456789abcdef"
+    srv = evkit.serve(port=0, jwt_secret=secret)
+
+    def get(path: str, token: str | None = None) -> tuple[int, dict[str, Any] | str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(f"{srv.http_url}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            with exc:
+                status, body = exc.code, exc.read()
+        try:
+            return status, orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return status, body.decode()
+
+    def token(scope: str) -> str:
+        return jwt.encode({"scope": scope, "exp": int(time.time()) + 60}, secret, "HS256")
+
+    try:
+        assert get("/healthz") == (200, {"status": "ok"})  # liveness stays open
+        status, body = get("/metrics")
+        assert status == 401
+        assert isinstance(body, dict)
+        assert body["code"] == "unauthorized"
+        status, body = get("/metrics", token("subscribe publish"))
+        assert status == 403
+        assert isinstance(body, dict)
+        assert body["code"] == "forbidden"
+        assert get("/metrics", "not-a-token")[0] == 401
+        status, text = get("/metrics", token("metrics"))
+        assert status == 200
+        assert "evkit_events_published_total" in str(text)
+        status, health = get("/healthz", token("admin"))
+        assert status == 200
+        assert isinstance(health, dict)
+        assert "epoch" in health["store"]
+    finally:
+        srv.stop()
+    open_srv = evkit.serve(port=0, jwt_secret=secret, public_metrics=True)
+    try:
+        with urllib.request.urlopen(f"{open_srv.http_url}/metrics", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        open_srv.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import http.client
+import logging
 import socket
 import sqlite3
 import time
@@ -317,32 +318,45 @@ def test_max_connections_refuses_the_next_with_503_until_one_leaves() -> None:
         srv.stop()
 
 
-def test_connections_waiting_to_authenticate_count_towards_max_connections() -> None:
-    srv = evkit.serve(port=0, token=TOKEN, max_connections=2, auth_timeout=5)
+def test_connections_waiting_to_authenticate_have_a_budget_of_their_own() -> None:
+    # Twenty handshakes that never authenticate used to hold every max_connections slot.
+    srv = evkit.serve(
+        port=0, token=TOKEN, max_connections=20, max_authenticating=20, auth_timeout=5
+    )
     try:
 
         async def scenario() -> None:
-            pending = [await connect(srv.url), await connect(srv.url)]
-            status, _ = await refused(srv.url, bearer(TOKEN))
+            pending = [await connect(srv.url) for _ in range(20)]
+            status, body = await refused(srv.url)  # one more without credentials
             assert status == 503
-            for ws in pending:
+            assert "waiting to authenticate" in body["error"]
+            valid = [(await open_client(srv.url, bearer(TOKEN)))[0] for _ in range(20)]
+            status, _ = await refused(srv.url, bearer(TOKEN))  # max_connections holds
+            assert status == 503
+            for ws in pending + valid:
                 await ws.close()
-            # Nothing counts a connection that left before authenticating: retry until
-            # the server has seen both go.
-            deadline = time.monotonic() + 5
-            while True:
-                try:
-                    ws, _ = await open_client(srv.url, bearer(TOKEN))
-                    break
-                except InvalidStatus as exc:
-                    status = exc.response.status_code
-                assert status == 503
-                assert time.monotonic() < deadline, "the slots were never freed"
-                await asyncio.sleep(0.01)
-            await ws.close()
 
         run(scenario())
-        assert rejected(srv)["max_connections"] >= 1
+        reasons = rejected(srv)
+        assert reasons["max_authenticating"] >= 1
+        assert reasons["max_connections"] >= 1
+    finally:
+        srv.stop()
+
+
+def test_a_client_that_authenticates_into_a_full_server_is_closed_with_1013() -> None:
+    srv = evkit.serve(port=0, token=TOKEN, max_connections=1, auth_timeout=5)
+    try:
+
+        async def scenario() -> None:
+            late = await connect(srv.url)  # admitted to authenticate
+            first, _ = await open_client(srv.url, bearer(TOKEN))  # takes the one slot
+            await send_json(late, {"type": "auth", "payload": {"token": TOKEN}})
+            assert await everything_until_closed(late) == []
+            assert late.close_code == 1013
+            await first.close()
+
+        run(scenario())
     finally:
         srv.stop()
 
@@ -1190,3 +1204,103 @@ def test_a_large_post_is_acknowledged_in_linear_time_and_clients_are_served(
         await listener.close()
 
     run(scenario())
+
+
+def test_history_is_bounded_in_bytes_whatever_the_event_sizes() -> None:
+    # Large events posted one after another: what history keeps stays under its bytes.
+    srv = evkit.serve(port=0, history_bytes=4 * 1024 * 1024, max_post_size=1024 * 1024)
+    try:
+        big = "z" * (1024 * 1024 - 200)
+        for n in range(12):
+            status, _ = post(srv, {"type": "big.event.posted", "payload": {"n": n, "blob": big}})
+            assert status == 202
+        with urllib.request.urlopen(f"{srv.http_url}/healthz", timeout=5) as response:
+            store = orjson.loads(response.read())["store"]
+        assert store["bytes"] <= 4 * 1024 * 1024
+        assert 3 <= store["events"] <= 4
+
+        async def scenario() -> None:
+            ws, _ = await open_client(srv.url, since="1")
+            messages = await recv_until(ws, lambda m: m["type"] == "websocket.replayed")
+            assert messages[0]["type"] == "websocket.gap"  # the oldest were dropped
+            assert [m["payload"]["n"] for m in messages if "id" in m][-1] == 11
+            await ws.close()
+
+        run(scenario())
+    finally:
+        srv.stop()
+
+
+def test_deeply_nested_pings_and_events_are_refused_and_the_connection_lives(
+    server: evkit.Server,
+) -> None:
+    # 300 levels: the server decodes it (its decoder goes to 1,024) but no reply or event
+    # could encode it (the encoder stops at 254): refused, instead of a crashed handler.
+    deep = "[" * 300 + "1" + "]" * 300
+    event = '{"type": "deep.event.sent", "payload": {"v": ' + deep + "}}"
+
+    async def scenario() -> None:
+        ws, _ = await open_client(server.url, eventTypes="deep.*")
+        await ws.send('{"type": "ping", "payload": ' + deep + "}")
+        reply = await recv_json(ws)
+        assert (reply["type"], reply["payload"]["code"]) == ("websocket.error", "invalid_message")
+        await ws.send('{"type": "publish", "payload": ' + event + "}")
+        reply = await recv_json(ws)
+        assert (reply["type"], reply["payload"]["code"]) == ("websocket.error", "invalid_event")
+        status, answer = post(server, event.encode())
+        assert (status, answer["code"]) == (400, "invalid_event")
+        await assert_silent(ws)  # nothing was published, and the connection still serves
+        await ws.close()
+
+    run(scenario())
+
+
+def test_no_log_record_shows_a_credential_even_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "do-not-log-0123456789abcdef0123456789"
+    srv = evkit.serve(port=0, token=secret)
+    try:
+        caplog.set_level(logging.DEBUG)
+
+        async def scenario() -> None:
+            by_header, _ = await open_client(srv.url, bearer(secret))
+            by_query, _ = await open_client(srv.url, token=secret)
+            first_message = await connect(srv.url)
+            await send_json(first_message, {"type": "auth", "payload": {"token": secret}})
+            assert (await recv_json(first_message))["type"] == "websocket.connected"
+            status, _ = await refused(srv.url, bearer(secret + "-wrong"))
+            assert status == 401
+            for ws in (by_header, by_query, first_message):
+                await ws.close()
+
+        run(scenario())
+        status, _ = post(srv, {"type": "a.b"}, {"Authorization": f"Bearer {secret}"})
+        assert status == 202
+    finally:
+        srv.stop()
+    # What the server logged (the test's own raw client logs what it sends, as it likes).
+    lines = [r.getMessage() for r in caplog.records if r.name != "websockets.client"]
+    assert any("GET /ws/events" in line for line in lines)  # the requests were logged
+    assert any("Authorization: [redacted]" in line for line in lines)
+    leaked = [line for line in lines if secret in line]
+    assert leaked == []
+
+
+def test_evkit_clients_log_no_credential_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "do-not-log-either-0123456789abcdef012345"
+    srv = evkit.serve(port=0, token=secret)
+    try:
+        caplog.set_level(logging.DEBUG)
+        with evkit.collect(srv, ["repo.*"], token=secret) as collector:
+            evkit.emit("repo.commit.created", {"n": 1})
+            evkit.flush()
+            collector.wait(count=1, timeout=10)
+        forwarder = evkit.connect(srv.url, token=secret)
+        try:
+            forwarder.flush(timeout=10)
+        finally:
+            forwarder.stop()
+    finally:
+        srv.stop()
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("Authorization: [redacted]" in line for line in lines)
+    assert [line for line in lines if secret in line] == []

@@ -850,7 +850,9 @@ def test_subscribe_with_since_is_paced_like_a_resume() -> None:
     # Five clients that never read, each asking for 20 MB of history on an open
     # connection: the server holds about a slice per client, not the history five times.
     limit = 1024 * 1024
-    srv = evkit.serve(port=0, history_size=20_000, client_buffer_limit=limit)
+    srv = evkit.serve(
+        port=0, history_size=20_000, client_buffer_limit=limit, history_bytes=64 * 1024 * 1024
+    )
     try:
         padding = "x" * 1000
         for n in range(20_000):
@@ -891,7 +893,7 @@ def test_subscribe_with_since_is_paced_like_a_resume() -> None:
 
 def test_live_events_meet_a_paced_subscribe_replay_with_no_gap_and_no_duplicate() -> None:
     # 5 MB of history goes out in 256 KB slices while another thread keeps emitting.
-    srv = evkit.serve(port=0, history_size=50_000)
+    srv = evkit.serve(port=0, history_size=50_000, history_bytes=64 * 1024 * 1024)
     stop = threading.Event()
     padding = "y" * 1000
     try:

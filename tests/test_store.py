@@ -150,10 +150,37 @@ def test_memory_store_health() -> None:
         "name": "memory",
         "state": "ok",
         "events": 5,
+        "bytes": sum(len(r.frame) for r in store.read_after(0)),
         "capacity": 5,
         "epoch": store.epoch,
         "lastId": "7",
     }
+
+
+def test_memory_store_is_bounded_in_bytes_too() -> None:
+    one = len(record(10).frame)  # ids 8-10 have frames this long or shorter
+    store = MemoryStore(capacity=100, max_bytes=one * 3)
+    append_all(store, 1, 10)
+    assert [r.id for r in store.read_after(0)] == [8, 9, 10]
+    assert (store.first_id(), store.trimmed_through()) == (8, 7)
+    # An event larger than the whole budget is still kept, alone.
+    big = Record(11, NOW_MS, "big.event", None, b"x" * (one * 10))
+    store.append(big)
+    assert list(store.read_after(0)) == [big]
+
+
+def test_sqlite_and_memory_rings_hold_the_byte_bound(tmp_path: Path) -> None:
+    one = len(record(10).frame)
+    store = SQLiteStore(tmp_path / "e.db", memory_size=100, memory_bytes=one * 3)
+    store.open()
+    try:
+        append_all(store, 1, 10)
+        store.sync()
+        # The ring holds three; the disk still serves the rest, in order.
+        assert ids(store.read_after(0)) == list(range(1, 11))
+        assert len(store._ring) == 3
+    finally:
+        store.close()
 
 
 def test_memory_store_rejects_a_capacity_below_one() -> None:

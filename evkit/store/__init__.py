@@ -48,8 +48,12 @@ def open_store(
     *,
     stream: str = "evkit:events",
     maxlen: int = 1_000_000,
+    history_bytes: int = 16 * 1024 * 1024,
 ) -> Store:
     """Make the store a URL names (not yet opened).
+
+    Every store keeps its newest events in memory, at most ``history_size`` of them and
+    at most ``history_bytes`` of encoded frames, whichever comes first.
 
     - ``memory://`` — a ring of ``history_size`` events.
     - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with optional
@@ -74,7 +78,7 @@ def open_store(
                     + ", ".join(accepted)
                 )
     if parts.scheme == "memory":
-        return MemoryStore(capacity=_int_option(options, "size", history_size))
+        return MemoryStore(_int_option(options, "size", history_size), history_bytes)
     if parts.scheme == "sqlite":
         path = parts.netloc + parts.path
         if path.startswith("/") and not path.startswith("//"):
@@ -88,13 +92,14 @@ def open_store(
         return SQLiteStore(
             path,
             memory_size=history_size,
+            memory_bytes=history_bytes,
             max_events=_int_option(options, "max_events", 1_000_000),
             max_age=_seconds_option(options, "max_age"),
         )
     if parts.scheme in ("redis", "rediss", "unix"):
         from evkit.store.redis import RedisStore
 
-        return RedisStore(url, stream, maxlen, memory_size=history_size)
+        return RedisStore(url, stream, maxlen, history_size, history_bytes)
     raise ValueError(
         f"unknown store URL {url!r}; use memory://, sqlite:///path/to/events.db"
         " or redis://host:6379/0"

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from evkit.store.base import Record, Store, new_epoch
+from evkit.store.ring import HistoryRing
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore(Store):
-    """Keeps the newest ``capacity`` events; nothing survives the process.
+    """Keeps the newest ``capacity`` events (at most ``max_bytes`` of them); nothing
+    survives the process.
 
     Every new MemoryStore starts empty, hence with a new epoch. Also the test double
     for the store interface: it needs no files and no threads.
@@ -20,27 +21,23 @@ class MemoryStore(Store):
 
     name = "memory"
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, capacity: int = 10_000, max_bytes: int = 16 * 1024 * 1024) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.capacity = capacity
         self.epoch = new_epoch()
         self.last_id = 0
-        self._ring: deque[Record] = deque(maxlen=capacity)
+        self._ring = HistoryRing(capacity, max_bytes)
 
     def append(self, record: Record) -> None:
         self._ring.append(record)
         self.last_id = record.id
 
     def first_id(self) -> int:
-        return self._ring[0].id if self._ring else self.last_id + 1
+        return self._ring.first_id(self.last_id + 1)
 
     def read_after(self, after: int) -> Iterator[Record]:
-        ring = self._ring
-        if not ring:
-            return iter(())
-        start = max(0, after - ring[0].id + 1)
-        return (ring[i] for i in range(start, len(ring)))
+        return self._ring.read_after(after)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -50,6 +47,7 @@ class MemoryStore(Store):
             "name": self.name,
             "state": "ok",
             "events": len(self._ring),
+            "bytes": self._ring.bytes,
             "capacity": self.capacity,
             "epoch": self.epoch,
             "lastId": str(self.last_id),

@@ -42,6 +42,7 @@ import orjson
 from evkit import messages
 from evkit.exceptions import ProtocolError
 from evkit.store.base import Record, Store, new_epoch
+from evkit.store.ring import HistoryRing
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -146,7 +147,14 @@ class RedisStore(Store):
     name = "redis"
     shared = True
 
-    def __init__(self, url: str, stream: str, maxlen: int, memory_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        stream: str,
+        maxlen: int,
+        memory_size: int = 10_000,
+        memory_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         if not stream:
             raise ValueError("stream must be a non-empty Redis key")
         if maxlen < 1:
@@ -169,9 +177,9 @@ class RedisStore(Store):
         self.missed = 0
         self._index = 0  # how many entries the stream had added up to the reader's position
         self._epoch_key = f"{stream}:epoch"
-        # Never more than the stream keeps: every instance serves the same history.
-        self._cache: deque[Record] = deque(maxlen=min(memory_size, maxlen))
-        self._floor = 0  # every entry after this position, up to last_id, is in _cache
+        # Never more than the stream keeps: every instance serves the same history. Every
+        # entry after its dropped_through, up to last_id, is in it.
+        self._cache = HistoryRing(min(memory_size, maxlen), memory_bytes)
         self._position = "0-0"  # where the reader's next XREAD starts
         self._producer = os.urandom(6).hex().encode()
         self._sequence = 0
@@ -202,29 +210,18 @@ class RedisStore(Store):
     # -- the Store interface: this instance's recent history, in memory -----------------
 
     def append(self, record: Record) -> None:
-        cache = self._cache
-        if len(cache) == cache.maxlen:
-            self._floor = cache[0].id
-        cache.append(record)
+        self._cache.append(record)
         self.last_id = record.id
 
     def first_id(self) -> int:
-        return self._cache[0].id if self._cache else self.last_id + 1
+        return self._cache.first_id(self.last_id + 1)
 
     def trimmed_through(self) -> int:
         """What the memory cache cannot serve: older entries are read from Redis."""
-        return self._floor
+        return self._cache.dropped_through
 
     def read_after(self, after: int) -> Iterator[Record]:
-        cache = self._cache
-        low, high = 0, len(cache)
-        while low < high:  # the first cached record with an id greater than `after`
-            middle = (low + high) // 2
-            if cache[middle].id <= after:
-                low = middle + 1
-            else:
-                high = middle
-        return (cache[i] for i in range(low, len(cache)))
+        return self._cache.read_after(after)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -510,8 +507,7 @@ class RedisStore(Store):
         )
         # What is held in memory stops at the gap: replays older than it go to Redis,
         # which reports them incomplete.
-        self._cache.clear()
-        self._floor = trimmed
+        self._cache.clear(trimmed)
         self.last_id = max(self.last_id, trimmed)
         self._gap()
 
@@ -599,8 +595,7 @@ class RedisStore(Store):
             )
             self.epoch = epoch
             self.resets += 1
-            self._cache.clear()
-            self._floor = 0
+            self._cache.clear(0)
             self.last_id = 0
             self._position = "0-0"
             self._seen.clear()
@@ -628,7 +623,7 @@ class RedisStore(Store):
         assert self._client is not None
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xinfo_stream(self.stream)
-            pipe.xrevrange(self.stream, count=self._cache.maxlen)
+            pipe.xrevrange(self.stream, count=self._cache.max_events)
             info, entries = await pipe.execute(raise_on_error=False)
         if isinstance(info, dict):
             last_generated = parse_stream_id(_text(info["last-generated-id"]))
@@ -642,10 +637,9 @@ class RedisStore(Store):
         self._position = format_stream_id(last_generated)
         entries.reverse()
         records, _ = self._parse(entries, self._seen)
-        self._cache.clear()
+        self._cache.clear(records[0].id - 1 if records else last_generated)
         for record in records:
             self._cache.append(record)
-        self._floor = records[0].id - 1 if records else last_generated
         self.last_id = last_generated
 
     def _failed(self, what: str, exc: BaseException) -> None:

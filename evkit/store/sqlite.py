@@ -37,7 +37,6 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 import orjson
 
 from evkit.store.base import Record, Store, new_epoch
+from evkit.store.ring import HistoryRing
 
 __all__ = ["SCHEMA", "SQLiteStore"]
 
@@ -77,6 +77,7 @@ class SQLiteStore(Store):
         path: str | Path,
         *,
         memory_size: int = 10_000,
+        memory_bytes: int = 16 * 1024 * 1024,
         max_events: int = 1_000_000,
         max_age: float | None = None,
         batch_interval: float = 0.05,
@@ -94,7 +95,7 @@ class SQLiteStore(Store):
         self.max_pending = max_pending
         self.epoch = ""
         self.last_id = 0
-        self._ring: deque[Record] = deque(maxlen=memory_size)
+        self._ring = HistoryRing(memory_size, memory_bytes)
         self._pending: list[Record] = []
         self._writing: list[Record] = []  # the batch the writer is committing
         self._expired_id = 0  # the newest id that age retention removed
@@ -236,12 +237,12 @@ class SQLiteStore(Store):
         return max(self.last_id - self.max_events, self._expired_id)
 
     def first_id(self) -> int:
-        held = min(self._first_on_disk, self._ring[0].id if self._ring else self.last_id + 1)
+        held = min(self._first_on_disk, self._ring.first_id(self.last_id + 1))
         return max(held, self._retained_after() + 1)
 
     def read_after(self, after: int) -> Iterator[Record]:
         after = max(after, self._retained_after())
-        ring_first = self._ring[0].id if self._ring else self.last_id + 1
+        ring_first = self._ring.first_id(self.last_id + 1)
         if after + 1 < ring_first:
             # Older than the ring: on disk, or still waiting for the writer. Take the
             # unwritten ones first: whatever the writer commits after this is in that copy.
@@ -261,9 +262,7 @@ class SQLiteStore(Store):
                 if last < record.id < ring_first:
                     last = record.id
                     yield record
-        for record in self._ring:
-            if record.id > after:
-                yield record
+        yield from self._ring.read_after(after)
 
     # -- the writer thread ----------------------------------------------------------------
 

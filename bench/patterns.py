@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evkit.patterns import compile_pattern  # noqa: E402
+from evkit.patterns import compile_pattern
 
 EVERYDAY = [
     "*",

@@ -28,8 +28,8 @@ from typing import Any, TypeVar, cast, overload
 
 from evkit.context import correlation, current_correlation_id, new_span_id, span
 from evkit.exceptions import InvalidEventError
-from evkit.messages import now_ms, validate_event_type
 from evkit.patterns import SubscriptionIndex, validate_pattern
+from evkit.protocol import now_ms, validate_event_type
 
 __all__ = [
     "Event",

@@ -319,7 +319,7 @@ def _one_line(message: dict[str, Any]) -> str:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from evkit.messages import validate_event_type
+    from evkit.protocol import validate_event_type
 
     validate_event_type(args.type)
     try:

@@ -26,8 +26,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from evkit.exceptions import ProtocolError
-from evkit.messages import validate_correlation_id
 from evkit.patterns import validate_patterns
+from evkit.protocol import validate_correlation_id
 from evkit.redaction import CLIENT_WIRE_LOGGER
 
 __all__ = ["Subscriber", "SubscriberStats"]

@@ -31,8 +31,8 @@ from evkit._loop import loop_thread
 from evkit.bus import Event, EventBus, global_bus
 from evkit.client import Subscriber
 from evkit.exceptions import WaitTimeout
-from evkit.messages import validate_correlation_id
 from evkit.patterns import validate_patterns
+from evkit.protocol import validate_correlation_id
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar, cast
 
-from evkit.messages import validate_correlation_id
+from evkit.protocol import validate_correlation_id
 
 __all__ = [
     "correlation",

@@ -8,6 +8,9 @@ The tree::
     ├── InvalidEventError        an event to emit or publish is malformed (also a ValueError)
     ├── ServerError              the broadcaster could not start or stop
     │   └── PortInUseError       the port is held by another process (also an OSError)
+    ├── StoreUnavailable         a store or backplane (Redis) cannot be reached
+    ├── ConnectError             a client could not connect or stay connected (also a
+    │                            ConnectionError)
     ├── LoopError                evkit's background loop was used from the wrong place
     └── WaitTimeout              a collector's wait() ran out of time (also a TimeoutError)
 
@@ -67,6 +70,18 @@ class PortInUseError(ServerError, OSError):
         )
         self.host = host
         self.port = port
+
+
+class StoreUnavailable(EvkitError):
+    """A store or backplane could not be reached; the message names it (password hidden)."""
+
+
+class ConnectError(EvkitError, ConnectionError):
+    """A client could not connect to a broadcaster, or is not connected now.
+
+    The message says why (refused, unreachable, closed); ``except ConnectionError``
+    catches it too.
+    """
 
 
 class LoopError(EvkitError):

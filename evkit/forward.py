@@ -59,8 +59,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from evkit._loop import LoopThread, loop_thread
 from evkit.bus import Event, EventBus, global_bus
 from evkit.exceptions import WaitTimeout
-from evkit.messages import encode
 from evkit.patterns import validate_patterns
+from evkit.protocol import encode
 from evkit.redaction import CLIENT_WIRE_LOGGER, DEFAULT_REDACT_KEYS, Redactor
 
 __all__ = ["DEFAULT_REDACT_KEYS", "Forwarder", "connect"]

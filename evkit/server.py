@@ -68,7 +68,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from evkit import messages
+from evkit import protocol as messages
 from evkit._loop import loop_thread
 from evkit.auth import ANONYMOUS, Authenticator, Principal
 from evkit.bus import Event, EventBus, global_bus
@@ -80,7 +80,9 @@ from evkit.exceptions import (
     ServerError,
 )
 from evkit.limits import AddressLimits, TokenBucket
-from evkit.messages import (
+from evkit.metrics import LATENCY_BUCKETS
+from evkit.patterns import SubscriptionIndex, compile_pattern, validate_patterns
+from evkit.protocol import (
     Auth,
     BatchOptions,
     Ping,
@@ -93,8 +95,6 @@ from evkit.messages import (
     encode_message,
     error_message,
 )
-from evkit.metrics import LATENCY_BUCKETS
-from evkit.patterns import SubscriptionIndex, compile_pattern, validate_patterns
 from evkit.redaction import CredentialFilter, Redactor, ScrubbingLogger
 from evkit.store import Record, open_store
 from evkit.store.redis import RedisStore, StoreUnavailable

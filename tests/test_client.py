@@ -23,10 +23,6 @@ from evkit.client import Subscriber
 TIMEOUT = 10.0
 
 
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
-
-
 def query_of(url: str) -> dict[str, list[str]]:
     return parse_qs(urlsplit(url).query)
 
@@ -176,7 +172,7 @@ def test_connect_url_carries_the_subscription_then_the_resume_point(server: evki
             assert sink.kinds()[0] == "websocket.connected"
         assert sub.stats.state == "stopped"
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_subscribe_changes_what_the_next_connection_asks_for(server: evkit.Server) -> None:
@@ -197,7 +193,7 @@ def test_subscribe_changes_what_the_next_connection_asks_for(server: evkit.Serve
             assert reply["subscriptions"] == ["claude.*"]
             assert query_of(sub.connect_url())["eventTypes"] == ["claude.*"]
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 # -- resuming after a dropped connection -----------------------------------------------------
@@ -230,7 +226,7 @@ def test_resume_beyond_history_is_counted_as_a_gap() -> None:
                 # What history still held arrived, once and in order.
                 assert sink.seqs == [*range(5), *range(45, 55)]
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -262,7 +258,7 @@ def test_resume_within_history_delivers_every_event_exactly_once(server: evkit.S
             assert stats.received == 60
             assert stats.last_id == sink.events[-1]["id"]
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_drop_before_the_first_event_still_resumes(server: evkit.Server) -> None:
@@ -281,7 +277,7 @@ def test_drop_before_the_first_event_still_resumes(server: evkit.Server) -> None
             assert sub.stats.replayed == 20
             assert sub.stats.gaps == 0
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_a_handshake_cut_before_any_http_is_retried(server: evkit.Server) -> None:
@@ -304,7 +300,7 @@ def test_a_handshake_cut_before_any_http_is_retried(server: evkit.Server) -> Non
                 emit_sequence(0, 3)
                 await sink.until(lambda: len(sink.events) == 3)
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_stop_during_the_handshake_ends_run(server: evkit.Server) -> None:
@@ -324,7 +320,7 @@ def test_stop_during_the_handshake_ends_run(server: evkit.Server) -> None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 # -- refusals and rejections -----------------------------------------------------------------
@@ -343,7 +339,7 @@ def test_refused_subscription_makes_run_raise_protocol_error(server: evkit.Serve
         assert sub.stats.state == "stopped"
         assert sink.events == []
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_client_validates_patterns_before_connecting() -> None:
@@ -359,7 +355,7 @@ def test_subscribe_when_not_connected_is_a_connection_error() -> None:
         with pytest.raises(ConnectionError):
             await sub.unsubscribe(["repo.*"], timeout=1)
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_server_rejection_of_subscribe_is_a_protocol_error() -> None:
@@ -381,7 +377,7 @@ def test_server_rejection_of_subscribe_is_a_protocol_error() -> None:
                 assert reply["subscriptions"] == ["a.*", "b.*"]
                 assert sub.connected
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -416,7 +412,7 @@ def test_after_resuming_into_a_new_stream_a_later_drop_loses_nothing() -> None:
                 assert sink.seqs == list(range(35))
                 assert sub.stats.gaps == 1
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         for srv in servers:
             srv.stop()
@@ -460,6 +456,6 @@ def test_a_gap_is_counted_even_when_the_connection_drops_before_the_replay_ends(
                 assert [r["complete"] for r in replayed] == [True]
                 assert sink.seqs == list(range(5_000, 25_000))  # once each, in order
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()

@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pandas as pd
@@ -22,17 +22,9 @@ import pytest
 
 import evkit
 from evkit.collector import FIXED_COLUMNS
+from evkit.testing import wait_until
 
 TIMEOUT = 10.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting until {what}")
-        time.sleep(0.01)
 
 
 def emit_all(events: Sequence[tuple[str, dict[str, Any], str | None]]) -> None:

@@ -16,7 +16,6 @@ import gc
 import itertools
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import evkit
-from tests.support import open_client, recv_json, recv_until, send_json
+from evkit.testing import free_port, open_client, recv_json, recv_until, send_json, wait_until
 
 TIMEOUT = 30.0
 MIB = 1 << 20
@@ -48,22 +47,8 @@ def poll(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    if not poll(condition, timeout):
-        pytest.fail(f"timed out after {timeout:g} s waiting until {what}")
-
-
 def strictly_increasing(values: list[int]) -> bool:
     return all(a < b for a, b in itertools.pairwise(values))
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for a server that must restart on it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def kernel_socket_buffers() -> int | None:

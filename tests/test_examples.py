@@ -18,7 +18,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from typing import IO, Any
 import pytest
 
 import evkit
+from evkit.testing import free_port
 from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,13 +170,6 @@ def emit_all(events: list[tuple[Sample, str | None]]) -> None:
     for (type_, payload), correlation_id in events:
         evkit.emit(type_, payload, correlation_id=correlation_id)
     evkit.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def with_correlation(payload: dict[str, Any], correlation_id: str) -> dict[str, Any]:

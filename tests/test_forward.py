@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -26,21 +26,13 @@ import pytest
 import evkit
 from evkit.bus import EventBus
 from evkit.forward import Forwarder, connect
+from evkit.testing import wait_until
 
 pytestmark = pytest.mark.timeout(15)
 
 TIMEOUT = 10.0
 TOKEN = "t" * 32
 JWT_SECRET = "s" * 32
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` every 2 ms; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting until {what}")
-        time.sleep(0.002)
 
 
 def payloads(events: list[dict[str, Any]], key: str = "n") -> list[Any]:

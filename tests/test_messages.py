@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from evkit.exceptions import InvalidEventError, InvalidPatternError, ProtocolError
-from evkit.messages import (
+from evkit.protocol import (
     ERROR,
     MAX_PAYLOAD_DEPTH,
     UNSET,

@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -21,7 +20,7 @@ import evkit
 from evkit._loop import loop_thread
 from evkit.metrics import LATENCY_BUCKETS
 from evkit.server import MAX_CATEGORIES, OTHER_CATEGORY
-from tests.support import open_client, recv_events, recv_json, recv_until, send_json
+from evkit.testing import open_client, recv_events, recv_json, recv_until, send_json, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -67,15 +66,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def labelled(samples: Samples, name: str, label: str) -> dict[str, float]:
     """Every value of a labelled counter, by that label."""
     return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` past ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def check_histogram(samples: Samples, count: int) -> None:

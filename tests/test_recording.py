@@ -12,7 +12,6 @@ import itertools
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,6 +25,7 @@ import pytest
 import evkit
 from evkit.collector import FIXED_COLUMNS
 from evkit.recording import RecordingWriter, read_events
+from evkit.testing import wait_until
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 BASE = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
@@ -69,14 +69,6 @@ EVENTS: list[dict[str, Any]] = [
         "payload": {"correlationId": "req-2", "duration": 30, "meta": {"branch": "main"}},
     },
 ]
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting until {what}")
-        time.sleep(0.01)
 
 
 def write_recording(path: Path, events: Sequence[dict[str, Any]]) -> Path:

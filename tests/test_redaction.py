@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from evkit.messages import encode
+from evkit.protocol import encode
 from evkit.redaction import DEFAULT_REDACT_KEYS, REDACTED, Redactor, normalise_key
 
 NESTED = {

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import evkit
 from evkit.collector import FIXED_COLUMNS
+from evkit.testing import open_client, recv_events, recv_json, recv_until, request, send_json
 from tests.redis_support import (
     Instance,
     RedisServer,
@@ -38,7 +39,6 @@ from tests.redis_support import (
     post_events,
     wait_for,
 )
-from tests.support import open_client, recv_events, recv_json, recv_until, request, send_json
 
 pytestmark = pytest.mark.redis
 

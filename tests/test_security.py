@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import evkit
 from evkit.redaction import REDACTED
-from tests.support import (
+from evkit.testing import (
     assert_silent,
     open_client,
     recv_events,
@@ -34,16 +34,13 @@ from tests.support import (
     recv_until,
     request,
     send_json,
+    wait_until,
 )
-from tests.test_metrics import labelled, scrape, value, wait_until
+from tests.test_metrics import labelled, scrape, value
 
 SECRET = "test-secret-for-hs256-0123456789abcdef"  # >= 32 bytes: PyJWT warns on shorter keys
 OTHER_SECRET = "another-secret-for-hs256-0123456789abcdef"
 TOKEN = "static-token-0123456789abcdef0123456789"
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
 
 
 def hs256(secret: str = SECRET, **claims: Any) -> str:
@@ -119,7 +116,7 @@ def test_no_credentials_and_no_auth_message_is_closed_with_1008_after_auth_timeo
             assert silent.close_reason == "no auth message within 0.5 s"
             await watcher.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         assert rejected(srv) == {"unauthorized": 1}
         assert value(scrape(srv), "evkit_connections_total") == 1
     finally:
@@ -137,14 +134,14 @@ def test_malformed_token_is_refused_with_401(jwt_server: evkit.Server, where: st
         assert body["code"] == "unauthorized"
         assert body["error"].startswith("malformed token")
 
-    run(scenario())
+    asyncio.run(scenario())
     assert rejected(jwt_server) == {"unauthorized": 1}
 
 
 def test_wrong_static_token_is_refused_with_401() -> None:
     srv = evkit.serve(port=0, token=TOKEN)
     try:
-        status, body = run(refused(srv.url, bearer(TOKEN + "x")))
+        status, body = asyncio.run(refused(srv.url, bearer(TOKEN + "x")))
         assert (status, body) == (401, {"error": "invalid token", "code": "unauthorized"})
         assert rejected(srv) == {"unauthorized": 1}
     finally:
@@ -174,7 +171,7 @@ def test_invalid_jwt_is_refused_with_401(
             status, body = await refused(jwt_server.url, headers, **query)
             assert (status, body) == (401, {"error": error, "code": "unauthorized"})
 
-    run(scenario())
+    asyncio.run(scenario())
     assert rejected(jwt_server) == {"unauthorized": 2}
 
 
@@ -191,7 +188,7 @@ def test_valid_jwt_connects_by_header_query_or_first_message(jwt_server: evkit.S
             assert event["payload"] == {"n": 1}
             await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
     assert rejected(jwt_server) == {}
 
 
@@ -219,7 +216,7 @@ def test_bad_first_message_auth_is_closed_with_1008(
         assert ws.close_reason.startswith(error)
         assert len(ws.close_reason.encode()) <= 123  # fits a close frame
 
-    run(scenario())
+    asyncio.run(scenario())
     assert rejected(jwt_server) == {"unauthorized": 1}
 
 
@@ -246,7 +243,7 @@ def test_allowed_origins_refuse_others_with_403() -> None:
             ws, _ = await open_client(srv.url)  # no Origin: not a browser
             await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         assert rejected(srv) == {"origin": 4}
     finally:
         srv.stop()
@@ -266,21 +263,21 @@ def test_default_origin_rule_is_same_origin_only(server: evkit.Server) -> None:
         assert len(await recv_events(same, 4)) == 4
         await same.close()
 
-    run(scenario())
+    asyncio.run(scenario())
     assert rejected(server) == {"origin": 3}
 
 
 def test_missing_origin_is_refused_when_not_allowed() -> None:
     srv = evkit.serve(port=0, allow_missing_origin=False)
     try:
-        status, body = run(refused(srv.url))
+        status, body = asyncio.run(refused(srv.url))
         assert (status, body["code"]) == (403, "forbidden")
 
         async def browser() -> None:
             ws, _ = await open_client(srv.url, {"Origin": f"http://127.0.0.1:{srv.port}"})
             await ws.close()
 
-        run(browser())
+        asyncio.run(browser())
         assert rejected(srv) == {"origin": 1}
     finally:
         srv.stop()
@@ -312,7 +309,7 @@ def test_max_connections_refuses_the_next_with_503_until_one_leaves() -> None:
             await third.close()
             await second.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         assert rejected(srv) == {"max_connections": 1}
     finally:
         srv.stop()
@@ -336,7 +333,7 @@ def test_connections_waiting_to_authenticate_have_a_budget_of_their_own() -> Non
             for ws in pending + valid:
                 await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         reasons = rejected(srv)
         assert reasons["max_authenticating"] >= 1
         assert reasons["max_connections"] >= 1
@@ -356,7 +353,7 @@ def test_a_client_that_authenticates_into_a_full_server_is_closed_with_1013() ->
             assert late.close_code == 1013
             await first.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -376,7 +373,7 @@ def test_max_connections_per_ip_refuses_the_next_with_429() -> None:
             for ws in clients:
                 await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         assert rejected(srv) == {"too_many_connections_per_ip": 1}
     finally:
         srv.stop()
@@ -403,7 +400,7 @@ def test_connection_rate_per_ip_refuses_past_the_burst_with_429() -> None:
             for ws in admitted:
                 await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         assert rejected(srv) == {"connection_rate": 1}
     finally:
         srv.stop()
@@ -437,7 +434,7 @@ def test_message_flood_is_rate_limited_then_closed_and_others_are_unaffected() -
             assert len(await recv_events(neighbour, 4)) == 4
             await neighbour.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         wait_until(
             lambda: (
                 labelled(scrape(srv), "evkit_disconnects_total", "reason")
@@ -497,7 +494,7 @@ def test_jwt_patterns_limit_what_a_client_may_subscribe_to(jwt_server: evkit.Ser
         await narrower.close()
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
     assert rejected(jwt_server) == {"forbidden": 1}
 
 
@@ -516,7 +513,7 @@ def test_first_message_auth_applies_the_jwt_patterns(jwt_server: evkit.Server) -
         await assert_silent(ws)
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_replay_respects_the_jwt_patterns(jwt_server: evkit.Server) -> None:
@@ -528,7 +525,7 @@ def test_replay_respects_the_jwt_patterns(jwt_server: evkit.Server) -> None:
         assert [m["type"] for m in messages] == ["repo.commit.created", "websocket.replayed"]
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 # -- publish scopes ---------------------------------------------------------------------------
@@ -561,21 +558,21 @@ async def _publish_and_listen(
 
 def test_publish_needs_the_publish_scope(jwt_server: evkit.Server) -> None:
     subscriber = bearer(hs256())
-    error, events = run(_publish_and_listen(jwt_server.url, subscriber, subscriber))
+    error, events = asyncio.run(_publish_and_listen(jwt_server.url, subscriber, subscriber))
     assert error is not None
     assert error["code"] == "forbidden"
     assert error["error"] == "this token does not grant the publish scope"
     assert events == []
 
     publisher = bearer(hs256(scope="subscribe publish"))
-    error, events = run(_publish_and_listen(jwt_server.url, publisher, subscriber))
+    error, events = asyncio.run(_publish_and_listen(jwt_server.url, publisher, subscriber))
     assert error is None
     assert [e["type"] for e in events] == ["repo.push.completed"]
 
 
 def test_admin_scope_may_publish(jwt_server: evkit.Server) -> None:
     admin = bearer(hs256(scope="admin"))
-    error, events = run(_publish_and_listen(jwt_server.url, admin, admin))
+    error, events = asyncio.run(_publish_and_listen(jwt_server.url, admin, admin))
     assert error is None
     assert len(events) == 1
 
@@ -583,7 +580,7 @@ def test_admin_scope_may_publish(jwt_server: evkit.Server) -> None:
 def test_a_token_without_subscribe_scope_is_refused_at_the_handshake(
     jwt_server: evkit.Server,
 ) -> None:
-    status, body = run(refused(jwt_server.url, bearer(hs256(scope="publish"))))
+    status, body = asyncio.run(refused(jwt_server.url, bearer(hs256(scope="publish"))))
     assert (status, body["code"]) == (403, "forbidden")
     assert "subscribe scope" in body["error"]
 
@@ -591,7 +588,7 @@ def test_a_token_without_subscribe_scope_is_refused_at_the_handshake(
 def test_static_token_holds_every_scope() -> None:
     srv = evkit.serve(port=0, token=TOKEN)
     try:
-        error, events = run(_publish_and_listen(srv.url, bearer(TOKEN), bearer(TOKEN)))
+        error, events = asyncio.run(_publish_and_listen(srv.url, bearer(TOKEN), bearer(TOKEN)))
         assert error is None
         assert len(events) == 1
     finally:
@@ -603,7 +600,7 @@ def test_allow_publish_false_forbids_everyone(auth: bool) -> None:
     srv = evkit.serve(port=0, allow_publish=False, **({"token": TOKEN} if auth else {}))
     headers = bearer(TOKEN) if auth else None
     try:
-        error, events = run(_publish_and_listen(srv.url, headers, headers))
+        error, events = asyncio.run(_publish_and_listen(srv.url, headers, headers))
         assert error is not None
         assert (error["code"], error["error"]) == (
             "forbidden",
@@ -643,7 +640,7 @@ def test_nested_keys_are_redacted_live_and_in_the_store(tmp_path: Any) -> None:
             assert event["id"] == emitted.id
             await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         assert payload == SENSITIVE  # the caller's dict is not mutated
         # In-process consumers see the event as emitted: redaction applies where an
         # event leaves the process or reaches the store.
@@ -671,7 +668,7 @@ def test_replayed_history_is_redacted(server: evkit.Server) -> None:
         assert event["payload"] == REDACTED_PAYLOAD
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_custom_redact_keys_add_to_the_defaults(tmp_path: Any) -> None:
@@ -695,7 +692,7 @@ def test_custom_redact_keys_add_to_the_defaults(tmp_path: Any) -> None:
             }
             await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         evkit.flush()
         with sqlite3.connect(database) as db:
             [(frame,)] = db.execute("SELECT frame FROM events").fetchall()
@@ -717,7 +714,7 @@ def test_redact_defaults_false_keeps_only_the_custom_keys() -> None:
             assert event["payload"] == {"ssn": REDACTED, "token": "t"}
             await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -740,7 +737,7 @@ def test_published_events_are_redacted(server: evkit.Server) -> None:
         await publisher.close()
         await listener.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 # -- POST /events -----------------------------------------------------------------------------
@@ -824,7 +821,7 @@ def test_post_events_publishes_and_answers_the_ids(auth_server: evkit.Server) ->
         assert event["id"] == answer["ids"][0]
         await listener.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_post_events_refusals(auth_server: evkit.Server) -> None:
@@ -914,7 +911,7 @@ def test_post_events_refusals(auth_server: evkit.Server) -> None:
         assert len(await recv_events(listener, 4)) == 4
         await listener.close()
 
-    run(scenario())
+    asyncio.run(scenario())
     assert rejected(auth_server) == {"unauthorized": 3, "forbidden": 1}
 
 
@@ -964,7 +961,7 @@ def test_websocket_clients_are_served_while_posts_arrive(server: evkit.Server) -
         await assert_silent(ws)
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 # -- binding beyond loopback ------------------------------------------------------------------
@@ -1026,7 +1023,7 @@ def test_a_publish_only_token_may_connect_to_receive_nothing_and_publish() -> No
             await publisher.close()
             await listener.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -1067,7 +1064,7 @@ def test_adversarial_globs_cannot_stall_the_loop(server: evkit.Server) -> None:
         await attacker.close()
         await watcher.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_adversarial_globs_inside_a_jwt_restriction_cannot_stall_it(
@@ -1086,7 +1083,7 @@ def test_adversarial_globs_inside_a_jwt_restriction_cannot_stall_it(
         assert event["payload"]["n"] == 1
         await attacker.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def rebinding_request(
@@ -1154,7 +1151,7 @@ def test_same_origin_compares_the_scheme_too(server: evkit.Server) -> None:
             status, body = await refused(server.url, {"Origin": origin})
             assert (status, body["code"]) == (403, "forbidden"), origin
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_a_publish_only_token_may_not_subscribe_nor_replay_later(jwt_server: evkit.Server) -> None:
@@ -1179,7 +1176,7 @@ def test_a_publish_only_token_may_not_subscribe_nor_replay_later(jwt_server: evk
         assert (status, body["code"]) == (403, "forbidden")
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_a_large_post_is_acknowledged_in_linear_time_and_clients_are_served(
@@ -1203,7 +1200,7 @@ def test_a_large_post_is_acknowledged_in_linear_time_and_clients_are_served(
         await assert_silent(listener)
         await listener.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_history_is_bounded_in_bytes_whatever_the_event_sizes() -> None:
@@ -1226,7 +1223,7 @@ def test_history_is_bounded_in_bytes_whatever_the_event_sizes() -> None:
             assert [m["payload"]["n"] for m in messages if "id" in m][-1] == 11
             await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -1252,7 +1249,7 @@ def test_deeply_nested_pings_and_events_are_refused_and_the_connection_lives(
         await assert_silent(ws)  # nothing was published, and the connection still serves
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_no_log_record_shows_a_credential_even_at_debug(caplog: pytest.LogCaptureFixture) -> None:
@@ -1272,7 +1269,7 @@ def test_no_log_record_shows_a_credential_even_at_debug(caplog: pytest.LogCaptur
             for ws in (by_header, by_query, first_message):
                 await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         status, _ = post(srv, {"type": "a.b"}, {"Authorization": f"Bearer {secret}"})
         assert status == 202
     finally:

@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import evkit
-from tests.support import (
+from evkit.testing import (
     assert_silent,
     open_client,
     recv_events,
@@ -29,10 +29,6 @@ from tests.support import (
 )
 
 CLIENT_ID = re.compile(r"ws-\d+-[0-9a-z]{9}")
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
 
 
 def subscribed(event_types: list[str], subscriptions: list[str], correlation_id: Any = None) -> Any:
@@ -58,7 +54,7 @@ def test_welcome_message(server: evkit.Server) -> None:
         assert payload["epoch"] == server.stats()["epoch"]
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_subscribe_adds_replaces_and_sets_correlation(server: evkit.Server) -> None:
@@ -83,7 +79,7 @@ def test_subscribe_adds_replaces_and_sets_correlation(server: evkit.Server) -> N
         assert reply["payload"] == subscribed([], ["github.api.*"], None)
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_unsubscribe_reports_what_was_removed(server: evkit.Server) -> None:
@@ -100,7 +96,7 @@ def test_unsubscribe_reports_what_was_removed(server: evkit.Server) -> None:
         assert event["type"] == "claude.session.started"
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("payload", [{"timestamp": 1234567890}, 42, "text", None, [1, 2]])
@@ -115,7 +111,7 @@ def test_ping_is_answered_with_pong_echo(server: evkit.Server, payload: Any) -> 
         }
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_event_frame_shape_and_stream_order(server: evkit.Server) -> None:
@@ -140,7 +136,7 @@ def test_event_frame_shape_and_stream_order(server: evkit.Server) -> None:
         assert [e["payload"]["path"] for e in events] == [f"/p{i}" for i in range(20)]
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 # -- malformed client messages ---------------------------------------------------------------
@@ -199,7 +195,7 @@ def test_malformed_message_gets_its_error_code_and_changes_nothing(
         await ws.close()
         await bystander.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_too_many_subscriptions_is_rejected_whole() -> None:
@@ -219,7 +215,7 @@ def test_too_many_subscriptions_is_rejected_whole() -> None:
             assert reply["payload"]["subscriptions"] == ["a.*", "b.*", "c.*"]
             await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -233,7 +229,7 @@ def test_bad_connect_query_is_refused_with_http_400(server: evkit.Server) -> Non
         assert body["code"] == "invalid_pattern"
         assert "bad pattern" in body["error"]
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_oversized_frame_closes_that_connection_with_1009() -> None:
@@ -252,7 +248,7 @@ def test_oversized_frame_closes_that_connection_with_1009() -> None:
             assert event["type"] == "repo.commit.created"
             await other.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -278,7 +274,7 @@ def test_connect_query_sets_patterns_and_correlation(server: evkit.Server) -> No
         await assert_silent(ws)
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_correlation_header_and_subscribe_filter_then_clear(server: evkit.Server) -> None:
@@ -307,7 +303,7 @@ def test_correlation_header_and_subscribe_filter_then_clear(server: evkit.Server
         assert [e["payload"]["n"] for e in events] == [5, 6]
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_fifty_clients_each_receive_exactly_their_events_in_order(server: evkit.Server) -> None:
@@ -363,7 +359,7 @@ def test_fifty_clients_each_receive_exactly_their_events_in_order(server: evkit.
 
     import evkit.patterns
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_emit_from_eight_threads_delivers_every_event_exactly_once(server: evkit.Server) -> None:
@@ -394,7 +390,7 @@ def test_emit_from_eight_threads_delivers_every_event_exactly_once(server: evkit
         await assert_silent(ws)
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
     assert server.stats()["dropped"] == 0
 
 
@@ -445,7 +441,7 @@ def test_client_publish_reaches_other_clients(server: evkit.Server) -> None:
         await publisher.close()
         await listener.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_replay_since_at_connect_and_on_subscribe(server: evkit.Server) -> None:
@@ -472,7 +468,7 @@ def test_replay_since_at_connect_and_on_subscribe(server: evkit.Server) -> None:
         assert live["payload"]["n"] == 10
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_replay_beyond_history_is_reported_incomplete() -> None:
@@ -503,7 +499,7 @@ def test_replay_beyond_history_is_reported_incomplete() -> None:
             await ws.close()
             await ws2.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -555,7 +551,7 @@ def test_slow_consumer_is_disconnected_with_1013_and_others_get_everything() -> 
             assert slow.close_reason == "slow consumer"
             await fast.close()
 
-        run(scenario())
+        asyncio.run(scenario())
         assert srv.stats()["slow_consumer_disconnects"] == 1
     finally:
         srv.stop()
@@ -576,7 +572,7 @@ def test_stop_delivers_what_was_emitted_and_closes_with_1001() -> None:
         assert [m["payload"]["n"] for m in received] == list(range(500))
         assert ws.close_code == 1001
 
-    run(scenario())
+    asyncio.run(scenario())
     assert not srv.running
 
 
@@ -628,7 +624,7 @@ def test_serve_restart_on_the_same_explicit_port() -> None:
             ws, _ = await open_client(second.url)
             await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         second.stop()
 
@@ -684,7 +680,7 @@ def test_serve_emit_and_emits_inside_a_running_event_loop() -> None:
         finally:
             srv.stop()
 
-    run(cell())
+    asyncio.run(cell())
 
 
 def test_blocking_call_on_the_loop_thread_is_refused() -> None:
@@ -761,7 +757,7 @@ def test_batched_delivery_groups_events_in_stream_order(server: evkit.Server) ->
         assert list(events[0]) == ["type", "timestamp", "id", "payload"]
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_batch_is_held_at_most_max_delay_then_sent(server: evkit.Server) -> None:
@@ -775,7 +771,7 @@ def test_batch_is_held_at_most_max_delay_then_sent(server: evkit.Server) -> None
         assert [e["payload"]["n"] for e in message["payload"]["events"]] == [1, 2]
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_replies_never_overtake_queued_batched_events(server: evkit.Server) -> None:
@@ -795,7 +791,7 @@ def test_replies_never_overtake_queued_batched_events(server: evkit.Server) -> N
         assert (await recv_json(ws))["type"] == "pong"
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def test_max_events_one_turns_batching_off_and_replay_uses_batches(server: evkit.Server) -> None:
@@ -822,7 +818,7 @@ def test_max_events_one_turns_batching_off_and_replay_uses_batches(server: evkit
         assert event["payload"]["n"] == 7
         await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("value", ["abc", "0,10", "10", "5,-1", "10001,5"])
@@ -833,7 +829,7 @@ def test_bad_batch_at_connect_is_refused_with_http_400(server: evkit.Server, val
         assert info.value.response.status_code == 400
         assert orjson.loads(info.value.response.body)["code"] == "invalid_message"
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 def server_write_buffers(srv: evkit.Server) -> list[int]:
@@ -886,7 +882,7 @@ def test_subscribe_with_since_is_paced_like_a_resume() -> None:
             for ws in clients[1:]:
                 ws.transport.abort()  # they read nothing: a closing handshake would wait
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -929,7 +925,7 @@ def test_live_events_meet_a_paced_subscribe_replay_with_no_gap_and_no_duplicate(
             assert numbers == list(range(10_000))
             await ws.close()
 
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         stop.set()
         srv.stop()

@@ -31,9 +31,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 import evkit
-from evkit.messages import encode, encode_event
+from evkit.protocol import encode, encode_event
 from evkit.store import MemoryStore, Record, SQLiteStore, Store, open_store
-from tests.support import open_client, recv_json, recv_until, send_json
+from evkit.testing import open_client, recv_json, recv_until, send_json
 
 EPOCH = re.compile(r"[0-9a-f]{8}")
 NOW_MS = int(time.time() * 1000)
@@ -72,14 +72,6 @@ def rows_on_disk(path: Path) -> list[int]:
         return [row[0] for row in connection.execute("SELECT id FROM events ORDER BY id")]
     finally:
         connection.close()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting until {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +22,12 @@ import pytest
 import evkit
 from evkit import analysis
 from evkit.collector import Collector
+from evkit.testing import wait_until
 from evkit.widgets import ALL, CATEGORIES, Dashboard, _png
 
 TIMEOUT = 10.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting until {what}")
-        time.sleep(0.01)
 
 
 def emit_and_wait(

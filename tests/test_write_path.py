@@ -24,13 +24,9 @@ from websockets.frames import Frame, Opcode
 import evkit
 from evkit.patterns import matches
 from evkit.server import _text_frame
-from tests.support import TIMEOUT, open_client, recv_json, send_json
+from evkit.testing import TIMEOUT, open_client, recv_json, send_json
 
 MIB = 1024 * 1024
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
@@ -125,7 +121,7 @@ def test_many_events_to_many_clients_arrive_whole_in_order_with_contiguous_ids()
             await ws.close()
 
     try:
-        run(scenario())
+        asyncio.run(scenario())
         assert srv.stats()["delivered"] == total * clients
         assert srv.stats()["slow_consumer_disconnects"] == 0
     finally:
@@ -177,7 +173,7 @@ def test_batched_and_unbatched_clients_each_get_exactly_their_events_in_order(
             assert await read_all(ws) == selected(query, stream), query
             await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
     expected = sum(len(selected(query, stream)) for query in MIXED_CLIENTS)
     assert server.stats()["delivered"] - delivered_before == expected
     assert server.broadcaster.metrics_snapshot()["delivered"]["mx"] - before == expected
@@ -200,7 +196,7 @@ def test_batches_reach_every_member_of_a_group_once_without_a_flush(
             assert await read_all(ws) == []
             await ws.close()
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 # -- moving between groups while events wait -----------------------------------------------
@@ -269,7 +265,7 @@ def test_clients_change_group_while_events_wait_and_lose_or_repeat_nothing(
         assert seen[e] == [*one5, *one6]
         assert seen[f] == [*one_before_e, "websocket.replayed", *one5, *one6]
 
-    run(scenario())
+    asyncio.run(scenario())
 
 
 # -- compression -----------------------------------------------------------------------------
@@ -297,7 +293,7 @@ def test_compressed_and_plain_clients_share_batches_and_get_every_event() -> Non
             await ws.close()
 
     try:
-        run(scenario())
+        asyncio.run(scenario())
     finally:
         srv.stop()
 
@@ -368,7 +364,7 @@ def test_a_slow_consumer_is_cut_with_1013_and_the_others_keep_receiving(
             await ws.close()
 
     try:
-        run(scenario())
+        asyncio.run(scenario())
         stats = srv.stats()
         assert stats["slow_consumer_disconnects"] == 1
         assert stats["dropped"] == 0
@@ -404,7 +400,7 @@ def test_a_vanished_client_is_forgotten_and_the_others_get_everything(
             await ws.close()
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):
-        run(scenario())
+        asyncio.run(scenario())
     assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
 
 
@@ -432,5 +428,5 @@ def test_a_write_that_fails_on_one_connection_does_not_stop_the_others(
         await broken.close()
 
     with caplog.at_level(logging.WARNING, logger="evkit.server"):
-        run(scenario())
+        asyncio.run(scenario())
     assert any("this transport refuses writes" in r.getMessage() for r in caplog.records)

@@ -39,8 +39,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from evkit import messages
-from evkit.exceptions import ProtocolError
+from evkit import protocol as messages
+from evkit.exceptions import ProtocolError, StoreUnavailable
 from evkit.store.base import Record, Store, new_epoch
 from evkit.store.ring import HistoryRing
 
@@ -92,10 +92,6 @@ return redis.call('GET', KEYS[1])
 #: What the broadcaster's queue holds: the event, its correlation ID, its payload JSON
 #: and the moment it was queued (perf_counter).
 Pending = tuple["Event", str | None, bytes, float]
-
-
-class StoreUnavailable(Exception):
-    """Redis could not be reached; the message names the URL (without password)."""
 
 
 def parse_stream_id(text: str) -> int:

@@ -1,18 +1,17 @@
-"""The wire protocol's message shapes (DESIGN 1): encoding, decoding and validation.
+"""What clients send: validation of events, patterns' companions and client messages.
 
-Every message, both ways, is a JSON object ``{"type", "timestamp", "payload"}``;
-events also carry ``id``. Server messages are encoded here with orjson into UTF-8
-bytes ready for a text frame. Client messages are decoded and validated here into
-small immutable objects, or rejected with a :class:`~evkit.exceptions.ProtocolError`
-whose ``code`` is the stable string the server sends back in ``websocket.error``.
+Client messages are decoded and validated here into small immutable objects, or
+rejected with a :class:`~evkit.exceptions.ProtocolError` whose ``code`` is the stable
+string the server sends back in ``websocket.error``. Nothing is partially applied: a
+message with one bad part is rejected whole. The same validators check events posted
+over HTTP and events written to a shared stream by someone other than evkit.
 
-Pure: no I/O, no sockets; the clock is read only where a caller did not give a time.
+Pure: no I/O, no sockets, no clocks.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -21,18 +20,15 @@ import orjson
 
 from evkit.exceptions import InvalidEventError, ProtocolError
 from evkit.patterns import validate_patterns
+from evkit.protocol.vocabulary import AUTH, CLIENT_TYPES, PING, PUBLISH, SUBSCRIBE, UNSUBSCRIBE
 
 __all__ = [
-    "CONNECTED",
-    "ERROR",
-    "GAP",
+    "MAX_BATCH_DELAY_MS",
+    "MAX_BATCH_EVENTS",
     "MAX_CORRELATION_ID_LENGTH",
+    "MAX_EVENT_TYPE_LENGTH",
     "MAX_PAYLOAD_DEPTH",
-    "PONG",
-    "REPLAYED",
-    "SUBSCRIBED",
     "UNSET",
-    "UNSUBSCRIBED",
     "Auth",
     "BatchOptions",
     "ClientMessage",
@@ -41,34 +37,22 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "decode_client_message",
-    "encode",
-    "encode_event",
-    "encode_message",
-    "error_message",
-    "now_ms",
+    "describe",
     "validate_batch",
     "validate_correlation_id",
     "validate_event",
     "validate_event_type",
 ]
 
-CONNECTED: Final = "websocket.connected"
-SUBSCRIBED: Final = "websocket.subscribed"
-UNSUBSCRIBED: Final = "websocket.unsubscribed"
-ERROR: Final = "websocket.error"
-REPLAYED: Final = "websocket.replayed"
-GAP: Final = "websocket.gap"
-BATCH: Final = "websocket.batch"
-PONG: Final = "pong"
-
 MAX_CORRELATION_ID_LENGTH = 256
+MAX_EVENT_TYPE_LENGTH = 256
 #: Deepest nesting of objects and arrays accepted in a published payload or a ping's
 #: payload (the encoder stops at 254 levels; a limit well inside it keeps every reply
 #: and every stored event encodable).
 MAX_PAYLOAD_DEPTH = 64
-MAX_EVENT_TYPE_LENGTH = 256
+MAX_BATCH_EVENTS = 10_000
+MAX_BATCH_DELAY_MS = 10_000
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
-_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 class _Unset:
@@ -89,64 +73,6 @@ class _Unset:
 
 
 UNSET: Final = _Unset()
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch (UTC), the protocol's timestamp unit."""
-    return time.time_ns() // 1_000_000
-
-
-def _fallback(value: Any) -> Any:
-    # Values JSON cannot represent (sets, Decimals, arbitrary objects) travel as text
-    # rather than failing an emit deep inside a service.
-    if isinstance(value, set | frozenset):
-        return list(value)
-    return str(value)
-
-
-def encode(value: Any) -> bytes:
-    """Serialise ``value`` to UTF-8 JSON bytes.
-
-    Values JSON cannot represent natively are sent as their ``str()``.
-
-    Raises:
-        InvalidEventError: the value cannot be serialised at all (a reference cycle,
-            an integer beyond 64 bits, a string that is not valid UTF-8).
-    """
-    try:
-        return orjson.dumps(value, default=_fallback, option=_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError) as exc:
-        raise InvalidEventError(f"payload cannot be serialised to JSON: {exc}") from None
-
-
-def encode_message(type_: str, payload: Any, timestamp: int | None = None) -> bytes:
-    """Encode a server (system) message ``{"type", "timestamp", "payload"}``."""
-    return encode(
-        {
-            "type": type_,
-            "timestamp": now_ms() if timestamp is None else timestamp,
-            "payload": payload,
-        }
-    )
-
-
-def encode_event(type_: str, timestamp: int, event_id: str, payload_json: bytes) -> bytes:
-    """Encode an event frame around a payload that is already JSON.
-
-    ``type_`` must be a valid event type and ``event_id`` an id made of JSON-safe
-    characters (both are, when they come from evkit): they are not escaped.
-    """
-    return b'{"type":"%b","timestamp":%d,"id":"%b","payload":%b}' % (
-        type_.encode(),
-        timestamp,
-        event_id.encode(),
-        payload_json,
-    )
-
-
-def error_message(exc: ProtocolError) -> bytes:
-    """Encode the ``websocket.error`` reply to a rejected client message."""
-    return encode_message(ERROR, {"error": exc.error, "code": exc.code, "detail": exc.detail})
 
 
 def validate_event_type(type_: object) -> str:
@@ -180,7 +106,7 @@ def validate_correlation_id(value: object, field: str = "correlationId") -> str 
         raise ProtocolError(
             "invalid_message",
             f"{field} must be a non-empty string of at most {MAX_CORRELATION_ID_LENGTH} "
-            f"characters, or null to clear it; got {_describe(value)}",
+            f"characters, or null to clear it; got {describe(value)}",
             {"field": field},
         )
     return value
@@ -196,7 +122,7 @@ def validate_event(event: object, position: int | None = None) -> tuple[str, dic
     if not isinstance(event, Mapping):
         raise ProtocolError(
             "invalid_event",
-            f"{where}an event must be an object with 'type' and 'payload', got {_describe(event)}",
+            f"{where}an event must be an object with 'type' and 'payload', got {describe(event)}",
             {"index": position},
         )
     try:
@@ -207,7 +133,7 @@ def validate_event(event: object, position: int | None = None) -> tuple[str, dic
     if not isinstance(payload, Mapping):
         raise ProtocolError(
             "invalid_event",
-            f"{where}payload must be an object, got {_describe(payload)}",
+            f"{where}payload must be an object, got {describe(payload)}",
             {"index": position},
         )
     if _too_deep(payload):
@@ -220,7 +146,7 @@ def validate_event(event: object, position: int | None = None) -> tuple[str, dic
     if correlation_id is not None and not isinstance(correlation_id, str):
         raise ProtocolError(
             "invalid_event",
-            f"{where}payload.correlationId must be a string, got {_describe(correlation_id)}",
+            f"{where}payload.correlationId must be a string, got {describe(correlation_id)}",
             {"index": position},
         )
     return type_, dict(payload)
@@ -275,10 +201,6 @@ class Auth:
 
 ClientMessage = Subscribe | Unsubscribe | Ping | Publish | Auth
 
-CLIENT_TYPES: Final = ("subscribe", "unsubscribe", "ping", "publish", "auth")
-MAX_BATCH_EVENTS = 10_000
-MAX_BATCH_DELAY_MS = 10_000
-
 
 def decode_client_message(data: str | bytes) -> ClientMessage:
     """Decode and validate one client message.
@@ -298,13 +220,13 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
     if not isinstance(message, dict):
         raise ProtocolError(
             "invalid_message",
-            f"message must be a JSON object with 'type' and 'payload', got {_describe(message)}",
+            f"message must be a JSON object with 'type' and 'payload', got {describe(message)}",
         )
     type_ = message.get("type")
     if not isinstance(type_, str):
         raise ProtocolError(
             "invalid_message",
-            f"message 'type' must be a string, got {_describe(type_)}",
+            f"message 'type' must be a string, got {describe(type_)}",
             {"field": "type"},
         )
     if type_ not in CLIENT_TYPES:
@@ -314,7 +236,7 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
             {"type": type_[:64], "expected": list(CLIENT_TYPES)},
         )
     payload = message.get("payload")
-    if type_ == "ping":
+    if type_ == PING:
         if _too_deep(payload):
             raise ProtocolError(
                 "invalid_message",
@@ -323,7 +245,7 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
                 {"field": "payload", "maxDepth": MAX_PAYLOAD_DEPTH},
             )
         return Ping(payload)
-    if type_ == "publish":
+    if type_ == PUBLISH:
         if isinstance(payload, list):
             if not payload:
                 raise ProtocolError("invalid_event", "publish needs at least one event")
@@ -332,10 +254,10 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
     if not isinstance(payload, dict):
         raise ProtocolError(
             "invalid_message",
-            f"{type_} needs an object payload, got {_describe(payload)}",
+            f"{type_} needs an object payload, got {describe(payload)}",
             {"field": "payload"},
         )
-    if type_ == "auth":
+    if type_ == AUTH:
         token = payload.get("token")
         if not isinstance(token, str) or not token:
             raise ProtocolError(
@@ -344,7 +266,7 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
                 {"field": "token"},
             )
         return Auth(token)
-    if "eventTypes" not in payload and not (type_ == "subscribe" and "correlationId" in payload):
+    if "eventTypes" not in payload and not (type_ == SUBSCRIBE and "correlationId" in payload):
         raise ProtocolError(
             "invalid_message",
             f"{type_} needs payload.eventTypes, a list of patterns",
@@ -354,11 +276,11 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
     if not isinstance(raw_types, list):
         raise ProtocolError(
             "invalid_message",
-            f"payload.eventTypes must be a list of patterns, got {_describe(raw_types)}",
+            f"payload.eventTypes must be a list of patterns, got {describe(raw_types)}",
             {"field": "eventTypes"},
         )
     event_types = validate_patterns(raw_types)
-    if type_ == "unsubscribe":
+    if type_ == UNSUBSCRIBE:
         return Unsubscribe(event_types)
     return Subscribe(
         event_types=event_types,
@@ -378,7 +300,7 @@ def _optional_bool(payload: dict[str, Any], field: str) -> bool:
     if not isinstance(value, bool):
         raise ProtocolError(
             "invalid_message",
-            f"{field} must be true or false, got {_describe(value)}",
+            f"{field} must be true or false, got {describe(value)}",
             {"field": field},
         )
     return value
@@ -394,7 +316,7 @@ def _optional_since(payload: dict[str, Any]) -> str | None:
         return value
     raise ProtocolError(
         "invalid_message",
-        f"since must be an event id (a string, as received in an event's 'id'), got {_describe(value)}",
+        f"since must be an event id (a string, as received in an event's 'id'), got {describe(value)}",
         {"field": "since"},
     )
 
@@ -426,7 +348,7 @@ def validate_batch(value: object) -> BatchOptions | None:
     raise ProtocolError(
         "invalid_message",
         f"batch must be {{'maxEvents': 1..{MAX_BATCH_EVENTS}, 'maxDelayMs': "
-        f"0..{MAX_BATCH_DELAY_MS}}}, got {_describe(value)}",
+        f"0..{MAX_BATCH_DELAY_MS}}}, got {describe(value)}",
         {"field": "batch"},
     )
 
@@ -447,7 +369,8 @@ def _too_deep(value: object, limit: int = MAX_PAYLOAD_DEPTH) -> bool:
     return False
 
 
-def _describe(value: object) -> str:
+def describe(value: object) -> str:
+    """A value as an error message shows it: its type and a short repr."""
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."

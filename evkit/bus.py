@@ -22,7 +22,8 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast, overload
 
@@ -297,25 +298,97 @@ def emits(
         InvalidEventError: ``name`` is not a dotted name (raised at decoration time).
     """
     validate_event_type(name)
-    service = name.split(".", 1)[0]
-    started, completed, failed = f"{name}.started", f"{name}.completed", f"{name}.failed"
+    return _Operation(name, threshold_ms, bus, fields, result_fields).instrument
 
-    def target() -> EventBus:
-        return bus if bus is not None else global_bus
 
-    def extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        return dict(fields(*args, **kwargs)) if fields is not None else {}
+class _Operation:
+    """One ``@emits(...)`` operation: its event types, its bus and what its events add.
 
-    def started_payload(span_id: str, parent: str | None, base: dict[str, Any]) -> dict[str, Any]:
-        # correlationId is always present (null without one), as on the slow-operation event
-        return {
-            "correlationId": current_correlation_id(),
-            **base,
-            "spanId": span_id,
-            "parentSpanId": parent,
-        }
+    Shared by every function it instruments and every call of them; what one call
+    needs (its span, its start time, its result) lives in :meth:`_call`.
+    """
 
-    def finish(
+    __slots__ = (
+        "_bus",
+        "_completed",
+        "_failed",
+        "_fields",
+        "_name",
+        "_result_fields",
+        "_service",
+        "_started",
+        "_threshold_ms",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        threshold_ms: float | None,
+        bus: EventBus | None,
+        fields: Callable[..., Mapping[str, Any]] | None,
+        result_fields: Callable[[Any], Mapping[str, Any]] | None,
+    ) -> None:
+        self._name = name
+        self._service = name.split(".", 1)[0]
+        self._started = f"{name}.started"
+        self._completed = f"{name}.completed"
+        self._failed = f"{name}.failed"
+        self._threshold_ms = threshold_ms
+        self._bus = bus
+        self._fields = fields
+        self._result_fields = result_fields
+
+    def instrument(self, function: F) -> F:
+        """``function`` wrapped so that each call emits the operation's events."""
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self._call(args, kwargs) as result:
+                    return result.keep(await function(*args, **kwargs))
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self._call(args, kwargs) as result:
+                return result.keep(function(*args, **kwargs))
+
+        return cast(F, wrapper)
+
+    def _target(self) -> EventBus:
+        # Looked up per call: the global bus is whatever it is when the call happens.
+        return self._bus if self._bus is not None else global_bus
+
+    @contextmanager
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[_Result]:
+        """One call of the instrumented function, in a span of its own.
+
+        Emits ``.started`` on entry; on exit ``.completed`` with the value the wrapper
+        kept, or ``.failed`` when the function raised (the exception propagates).
+        """
+        span_id = new_span_id()
+        base = dict(self._fields(*args, **kwargs)) if self._fields is not None else {}
+        with span(span_id) as parent:
+            # correlationId is always present (null without one), as on the slow-operation event
+            started = {
+                "correlationId": current_correlation_id(),
+                **base,
+                "spanId": span_id,
+                "parentSpanId": parent,
+            }
+            self._target().emit(self._started, started)
+            began = time.perf_counter()
+            result = _Result()
+            try:
+                yield result
+            except BaseException as exc:
+                self._finish(span_id, parent, began, exc, base)
+                raise
+            self._finish(span_id, parent, began, None, base, result.value)
+
+    def _finish(
+        self,
         span_id: str,
         parent: str | None,
         began: float,
@@ -332,61 +405,36 @@ def emits(
             "parentSpanId": parent,
         }
         if error is None:
-            if result_fields is not None:
-                payload.update(result_fields(result))
-            target().emit(completed, payload)
+            if self._result_fields is not None:
+                payload.update(self._result_fields(result))
+            self._target().emit(self._completed, payload)
         else:
             payload["errorType"] = type(error).__name__
             payload["errorMessage"] = str(error)[:1000]
-            target().emit(failed, payload)
-        if threshold_ms is not None and duration > threshold_ms:
-            target().emit(
+            self._target().emit(self._failed, payload)
+        if self._threshold_ms is not None and duration > self._threshold_ms:
+            self._target().emit(
                 "performance.slowOperation.detected",
                 {
-                    "service": service,
-                    "operation": name,
+                    "service": self._service,
+                    "operation": self._name,
                     "duration": duration,
-                    "threshold": threshold_ms,
+                    "threshold": self._threshold_ms,
                     "spanId": span_id,
                     "correlationId": current_correlation_id(),
                 },
             )
 
-    def decorate(function: F) -> F:
-        if inspect.iscoroutinefunction(function):
 
-            @functools.wraps(function)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                span_id = new_span_id()
-                base = extra(args, kwargs)
-                with span(span_id) as parent:
-                    target().emit(started, started_payload(span_id, parent, base))
-                    began = time.perf_counter()
-                    try:
-                        result = await function(*args, **kwargs)
-                    except BaseException as exc:
-                        finish(span_id, parent, began, exc, base)
-                        raise
-                    finish(span_id, parent, began, None, base, result)
-                    return result
+class _Result:
+    """The instrumented function's return value, kept for the ``.completed`` event."""
 
-            return cast(F, async_wrapper)
+    __slots__ = ("value",)
 
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            span_id = new_span_id()
-            base = extra(args, kwargs)
-            with span(span_id) as parent:
-                target().emit(started, started_payload(span_id, parent, base))
-                began = time.perf_counter()
-                try:
-                    result = function(*args, **kwargs)
-                except BaseException as exc:
-                    finish(span_id, parent, began, exc, base)
-                    raise
-                finish(span_id, parent, began, None, base, result)
-                return result
+    def __init__(self) -> None:
+        self.value: Any = None
 
-        return cast(F, wrapper)
-
-    return decorate
+    def keep(self, value: Any) -> Any:
+        """Remember ``value`` and hand it back, for ``return result.keep(...)``."""
+        self.value = value
+        return value

@@ -8,7 +8,10 @@ table, and Pause / Resume and Clear buttons. It displays itself in Jupyter.
 
 The collector is the model; the dashboard is a view over it and holds no events of
 its own. The correlation picker only filters what is drawn: it does not change what
-the collector subscribes to.
+the collector subscribes to. What the panels hold (charts as PNG bytes, the table and
+the counters as HTML) is computed by :mod:`evkit._dashboard_panels` from the
+collector's frame and stats; this module owns the widgets, their callbacks and the
+refresher thread.
 
 Threads: a listener registered on the collector runs on the collector's ingest thread
 and only marks the dashboard dirty. One daemon refresher thread per dashboard redraws
@@ -25,20 +28,20 @@ import the server.
 from __future__ import annotations
 
 import html
-import io
 import logging
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import ipywidgets as widgets
 
+from evkit import _dashboard_panels as panels
 from evkit import analysis
-from evkit.collector import FIXED_COLUMNS, Collector, collect
+from evkit.collector import Collector, collect
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,9 +69,6 @@ RENDERED_AT_LIMIT: Final = 1_000
 
 _POLL_SECONDS: Final = 0.1
 _SUBSCRIBE_TIMEOUT: Final = 10.0
-_PAYLOAD_CHARS: Final = 160
-_TOP_TYPES: Final = 8
-_DPI: Final = 80
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class Dashboard:
                     last_counters = time.monotonic()
                 elif time.monotonic() - last_counters >= self._interval:
                     # Keep the rate honest when nothing arrives; not a redraw.
-                    self.counters.value = _counters_html(self.collector.stats, self.redraws)
+                    self.counters.value = panels.counters_html(self.collector.stats, self.redraws)
                     last_counters = time.monotonic()
             except Exception:  # the refresher must outlive any one failure
                 logger.exception("evkit dashboard: refresher step failed")
@@ -430,19 +430,19 @@ class Dashboard:
 
         requests = analysis.latency_by_correlation(view)
         charted = tuple(str(label) for label in requests.index[:CHART_REQUESTS])
-        latency_png = _png(analysis.plot_latency_by_correlation(view, top=CHART_REQUESTS))
+        latency_png = panels.png(analysis.plot_latency_by_correlation(view, top=CHART_REQUESTS))
         waterfall_id = selected if selected is not None else (charted[0] if charted else None)
         if waterfall_id is None:
-            waterfall_png = _png(_placeholder("Waterfall", "no request yet"))
+            waterfall_png = panels.png(panels.placeholder("Waterfall", "no request yet"))
         else:
             request = view if selected is not None else _only(view, waterfall_id)
-            waterfall_png = _png(_waterfall(request, waterfall_id))
+            waterfall_png = panels.png(panels.waterfall(request, waterfall_id, WATERFALL_SPANS))
         rows = view.tail(self.table_rows).iloc[::-1]
 
         self.latency_image.value = latency_png
         self.waterfall_image.value = waterfall_png
-        self.table.value = _table_html(rows, len(view), selected)
-        self.counters.value = _counters_html(self.collector.stats, self.redraws)
+        self.table.value = panels.table_html(rows, len(view), selected)
+        self.counters.value = panels.counters_html(self.collector.stats, self.redraws)
         return Rendering(
             at=started,
             correlation=selected,
@@ -550,104 +550,3 @@ def _correlation_ids(frame: pd.DataFrame, selected: str | None) -> tuple[str, ..
     if selected is not None:
         ids.add(selected)
     return tuple(sorted(ids))
-
-
-def _waterfall(request: pd.DataFrame, correlation_id: str) -> analysis.Figure:
-    """The request's waterfall, or a note when it has too many spans to draw here."""
-    count = len(analysis.spans(request))
-    if count > WATERFALL_SPANS:
-        return _placeholder(
-            f"Waterfall of {correlation_id}",
-            f"{count:,} spans: too many to draw here (at most {WATERFALL_SPANS});\n"
-            f"evkit.analysis.plot_waterfall(col.df, {correlation_id!r}) draws them all",
-        )
-    return analysis.plot_waterfall(request, correlation_id)
-
-
-def _png(figure: analysis.Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_DPI)
-    return buffer.getvalue()
-
-
-def _placeholder(title: str, text: str) -> analysis.Figure:
-    figure = analysis.Figure(figsize=(6.0, 2.5), layout="constrained")
-    axes = figure.add_subplot()
-    axes.set_axis_off()
-    axes.set_title(title)
-    axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes)
-    return figure
-
-
-def _missing(value: object) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True
-    import pandas as pd
-
-    return value is pd.NA or value is pd.NaT
-
-
-def _cell(value: object) -> str:
-    return "" if _missing(value) else html.escape(str(value))
-
-
-def _table_html(rows: pd.DataFrame, in_view: int, selected: str | None) -> str:
-    """The rows (newest first) as an HTML table; every value is escaped."""
-    scope = "all requests" if selected is None else f"request {selected}"
-    if rows.empty:
-        return f"<i>no events yet ({html.escape(scope)})</i>"
-    payload_columns = [name for name in rows.columns if name not in FIXED_COLUMNS]
-    header = "".join(
-        f"<th style='text-align:left;padding:0 .6em'>{name}</th>"
-        for name in ("time (UTC)", "type", "correlation", "ms", "id", "payload")
-    )
-    body = []
-    for record in rows.to_dict("records"):
-        timestamp = record["timestamp"]
-        when = "" if _missing(timestamp) else timestamp.strftime("%H:%M:%S.%f")[:-3]
-        duration = record["duration_ms"]
-        milliseconds = "" if _missing(duration) else f"{float(duration):.1f}"
-        payload = ", ".join(
-            f"{name}={record[name]}" for name in payload_columns if not _missing(record[name])
-        )
-        if len(payload) > _PAYLOAD_CHARS:
-            payload = payload[: _PAYLOAD_CHARS - 1] + "\u2026"
-        cells = (
-            html.escape(when),
-            _cell(record["type"]),
-            _cell(record["correlation_id"]),
-            html.escape(milliseconds),
-            _cell(record["id"]),
-            html.escape(payload),
-        )
-        body.append(
-            "<tr>"
-            + "".join(f"<td style='text-align:left;padding:0 .6em'>{cell}</td>" for cell in cells)
-            + "</tr>"
-        )
-    caption = f"latest {len(rows):,} of {in_view:,} events ({html.escape(scope)}), newest first"
-    return (
-        "<table style='border-collapse:collapse;font-family:monospace;font-size:12px'>"
-        f"<caption style='text-align:left'>{caption}</caption>"
-        f"<thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-    )
-
-
-def _counters_html(stats: dict[str, Any], redraws: int) -> str:
-    """Collector counters and the most frequent event types, escaped."""
-    counters = [
-        ("held", f"{stats.get('held', 0):,}"),
-        ("received", f"{stats.get('received', 0):,}"),
-        ("rate", f"{float(stats.get('rate', 0.0)):,.1f}/s"),
-        ("dropped", f"{stats.get('dropped', 0):,}"),
-        ("reconnects", f"{stats.get('reconnects', 0):,}"),
-        ("gaps", f"{stats.get('gaps', 0):,}"),
-        ("state", str(stats.get("state", ""))),
-        ("redraws", f"{redraws:,}"),
-    ]
-    line = " &middot; ".join(
-        f"{html.escape(name)} <b>{html.escape(value)}</b>" for name, value in counters
-    )
-    top = Counter(stats.get("types", {})).most_common(_TOP_TYPES)
-    types = ", ".join(f"{html.escape(str(name))} {count:,}" for name, count in top)
-    return f"<div>{line}</div><div>types: {types or '<i>none yet</i>'}</div>"

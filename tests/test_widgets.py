@@ -21,9 +21,10 @@ import pytest
 
 import evkit
 from evkit import analysis
+from evkit._dashboard_panels import png
 from evkit.collector import Collector
 from evkit.testing import wait_until
-from evkit.widgets import ALL, CATEGORIES, Dashboard, _png
+from evkit.widgets import ALL, CATEGORIES, Dashboard
 
 TIMEOUT = 10.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -198,7 +199,7 @@ def test_picker_restricts_the_charts_and_the_table(
     assert "req-3" not in dash.table.value
     request = col.to_dataframe()
     request = request[request["correlation_id"] == "req-2"]
-    assert bytes(dash.waterfall_image.value) == _png(analysis.plot_waterfall(request, "req-2"))
+    assert bytes(dash.waterfall_image.value) == png(analysis.plot_waterfall(request, "req-2"))
     assert bytes(dash.latency_image.value).startswith(PNG_SIGNATURE)
     assert bytes(dash.latency_image.value) != all_latency
     assert bytes(dash.waterfall_image.value) != all_waterfall

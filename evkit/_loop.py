@@ -20,9 +20,38 @@ from typing import Any, TypeVar
 
 from evkit.exceptions import LoopError
 
-__all__ = ["LoopThread", "loop_thread"]
+__all__ = ["LoopHandle", "LoopThread", "loop_thread"]
 
 T = TypeVar("T")
+
+
+class LoopHandle:
+    """Callbacks into one asyncio loop from any thread, whoever runs that loop.
+
+    The broadcaster runs on evkit's loop thread or, embedded, on an application's own
+    loop: this is how the threads that emit events reach it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> bool:
+        """Run ``callback(*args)`` on the loop soon; safe from any thread.
+
+        Returns False when the loop is closed (nothing will run).
+        """
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    def call_later(self, delay: float, callback: Callable[..., Any]) -> None:
+        """Run ``callback`` on the loop after ``delay`` seconds; call on the loop itself."""
+        if delay > 0:
+            self.loop.call_later(delay, callback)
+        else:
+            self.loop.call_soon(callback)
 
 
 class LoopThread:

@@ -118,7 +118,7 @@ class Redactor:
         # Most payloads are flat, with keys seen before: they need no walk.
         if not self._safe.issuperset(payload):
             return False
-        for value in payload.values():  # noqa: SIM110 (a loop: twice as fast as all() here)
+        for value in payload.values():  # noqa: SIM110 (a plain loop: no generator per payload)
             if not isinstance(value, _SCALARS):
                 return False
         return True

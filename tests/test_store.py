@@ -94,7 +94,7 @@ def open_sqlite(tmp_path: Path) -> Iterator[Callable[..., SQLiteStore]]:
 
 
 def test_memory_store_starts_empty() -> None:
-    store = MemoryStore(capacity=5)
+    store = MemoryStore(history_size=5)
     assert store.last_id == 0
     assert store.first_id() == 1
     assert list(store.read_after(0)) == []
@@ -102,7 +102,7 @@ def test_memory_store_starts_empty() -> None:
 
 
 def test_memory_store_reads_after_any_id_within_capacity() -> None:
-    store = MemoryStore(capacity=5)
+    store = MemoryStore(history_size=5)
     records = append_all(store, 1, 4)
     assert (store.first_id(), store.last_id) == (1, 4)
     assert list(store.read_after(0)) == records
@@ -112,7 +112,7 @@ def test_memory_store_reads_after_any_id_within_capacity() -> None:
 
 
 def test_memory_store_ring_overflow_keeps_the_newest() -> None:
-    store = MemoryStore(capacity=5)
+    store = MemoryStore(history_size=5)
     append_all(store, 1, 12)
     assert (store.first_id(), store.last_id, len(store)) == (8, 12, 5)
     assert ids(store.read_after(0)) == [8, 9, 10, 11, 12]  # older ones are gone
@@ -123,7 +123,7 @@ def test_memory_store_ring_overflow_keeps_the_newest() -> None:
 
 
 def test_memory_store_read_after_returns_the_records_appended() -> None:
-    store = MemoryStore(capacity=3)
+    store = MemoryStore(history_size=3)
     records = append_all(store, 1, 3)
     assert [orjson.loads(r.frame)["id"] for r in store.read_after(0)] == ["1", "2", "3"]
     assert list(store.read_after(0)) == records
@@ -136,7 +136,7 @@ def test_every_memory_store_has_a_new_epoch() -> None:
 
 
 def test_memory_store_health() -> None:
-    store = MemoryStore(capacity=5)
+    store = MemoryStore(history_size=5)
     append_all(store, 1, 7)
     assert store.health() == {
         "name": "memory",
@@ -151,7 +151,7 @@ def test_memory_store_health() -> None:
 
 def test_memory_store_is_bounded_in_bytes_too() -> None:
     one = len(record(10).frame)  # ids 8-10 have frames this long or shorter
-    store = MemoryStore(capacity=100, max_bytes=one * 3)
+    store = MemoryStore(history_size=100, history_bytes=one * 3)
     append_all(store, 1, 10)
     assert [r.id for r in store.read_after(0)] == [8, 9, 10]
     assert (store.first_id(), store.trimmed_through()) == (8, 7)
@@ -163,7 +163,7 @@ def test_memory_store_is_bounded_in_bytes_too() -> None:
 
 def test_sqlite_and_memory_rings_hold_the_byte_bound(tmp_path: Path) -> None:
     one = len(record(10).frame)
-    store = SQLiteStore(tmp_path / "e.db", memory_size=100, memory_bytes=one * 3)
+    store = SQLiteStore(tmp_path / "e.db", history_size=100, history_bytes=one * 3)
     store.open()
     try:
         append_all(store, 1, 10)
@@ -177,7 +177,7 @@ def test_sqlite_and_memory_rings_hold_the_byte_bound(tmp_path: Path) -> None:
 
 def test_memory_store_rejects_a_capacity_below_one() -> None:
     with pytest.raises(ValueError, match="capacity must be positive"):
-        MemoryStore(capacity=0)
+        MemoryStore(history_size=0)
 
 
 # -- open_store ----------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_open_store_sqlite_relative_path_is_relative_to_cwd(
     store = open_store("sqlite:///rel.db", history_size=50)
     assert isinstance(store, SQLiteStore)
     assert store.path == Path("rel.db")
-    assert (store.memory_size, store.max_events, store.max_age) == (50, 1_000_000, None)
+    assert (store.history_size, store.retention_size, store.max_age) == (50, 1_000_000, None)
     store.open()
     try:
         assert (tmp_path / "rel.db").is_file()
@@ -231,10 +231,11 @@ def test_open_store_sqlite_absolute_path(tmp_path: Path) -> None:
 
 
 def test_open_store_sqlite_retention_options(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path}/e.db?max_events=10&max_age=60")
+    with pytest.warns(DeprecationWarning, match="max_events is now called size"):
+        store = open_store(f"sqlite:///{tmp_path}/e.db?max_events=10&max_age=60")
     assert isinstance(store, SQLiteStore)
     assert store.path == tmp_path / "e.db"
-    assert (store.max_events, store.max_age) == (10, 60.0)
+    assert (store.retention_size, store.max_age) == (10, 60.0)
     fractional = open_store(f"sqlite:///{tmp_path}/e.db?max_age=0.5")
     assert isinstance(fractional, SQLiteStore)
     assert fractional.max_age == 0.5
@@ -261,7 +262,7 @@ def test_open_store_sqlite_retention_options(tmp_path: Path) -> None:
         ("memory://?sise=5", r"unknown option 'sise' for memory://; accepted: size"),
         (
             "sqlite:///e.db?maxevents=3",
-            r"unknown option 'maxevents' for sqlite://; accepted: max_events, max_age",
+            r"unknown option 'maxevents' for sqlite://; accepted: size, max_age",
         ),
     ],
 )
@@ -360,7 +361,7 @@ def test_sqlite_keeps_its_epoch_when_retention_emptied_the_table(tmp_path: Path)
 
 
 def test_sqlite_read_after_spans_disk_and_ring(open_sqlite: Callable[..., SQLiteStore]) -> None:
-    store = open_sqlite(memory_size=5)
+    store = open_sqlite(history_size=5)
     written = append_all(store, 1, 50)
     store.sync()
     assert list(store.read_after(3)) == written[3:]  # 4..45 from disk, 46..50 from the ring
@@ -377,7 +378,7 @@ def test_sqlite_read_after_includes_events_not_yet_written(
     open_sqlite: Callable[..., SQLiteStore],
 ) -> None:
     # The writer is idle until sync(): the events older than the ring are only pending.
-    store = open_sqlite(memory_size=5, batch_interval=60)
+    store = open_sqlite(history_size=5, batch_interval=60)
     written = append_all(store, 1, 50)
     assert store.first_id() == 1
     assert list(store.read_after(3)) == written[3:]
@@ -390,7 +391,7 @@ def test_sqlite_read_after_while_the_writer_is_writing(
 ) -> None:
     # Reads race the writer thread: whatever has or has not been committed yet, a read
     # returns every event after the cursor, once each, in order.
-    store = open_sqlite(memory_size=10, batch_interval=0.001)
+    store = open_sqlite(history_size=10, batch_interval=0.001)
     for last in range(100, 2001, 100):
         append_all(store, last - 99, last)
         assert ids(store.read_after(0)) == list(range(1, last + 1))
@@ -399,7 +400,7 @@ def test_sqlite_read_after_while_the_writer_is_writing(
 
 
 def test_sqlite_retention_by_count(open_sqlite: Callable[..., SQLiteStore], tmp_path: Path) -> None:
-    store = open_sqlite(max_events=20)
+    store = open_sqlite(retention_size=20)
     append_all(store, 1, 50)
     store.sync()
     assert store.first_id() == 31
@@ -412,7 +413,7 @@ def test_sqlite_retention_by_count(open_sqlite: Callable[..., SQLiteStore], tmp_
 def test_sqlite_retention_by_count_with_a_small_ring(
     open_sqlite: Callable[..., SQLiteStore], tmp_path: Path
 ) -> None:
-    store = open_sqlite(max_events=20, memory_size=5)
+    store = open_sqlite(retention_size=20, history_size=5)
     append_all(store, 1, 50)
     store.sync()
     assert store.first_id() == 31
@@ -432,7 +433,7 @@ def test_sqlite_retention_by_age(open_sqlite: Callable[..., SQLiteStore], tmp_pa
 
 
 def test_sqlite_health_fields(open_sqlite: Callable[..., SQLiteStore], tmp_path: Path) -> None:
-    store = open_sqlite(memory_size=5)
+    store = open_sqlite(history_size=5)
     append_all(store, 1, 8)
     store.sync()
     assert store.health() == {
@@ -452,7 +453,7 @@ def test_sqlite_health_fields(open_sqlite: Callable[..., SQLiteStore], tmp_path:
 def test_sqlite_past_max_pending_the_oldest_unwritten_are_dropped_and_counted(
     open_sqlite: Callable[..., SQLiteStore], tmp_path: Path
 ) -> None:
-    store = open_sqlite(max_pending=3, batch_interval=60)
+    store = open_sqlite(queue_size=3, batch_interval=60)
     append_all(store, 1, 5)
     health = store.health()
     assert (health["pending"], health["dropped"]) == (3, 2)

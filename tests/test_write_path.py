@@ -23,7 +23,7 @@ from websockets.frames import Frame, Opcode
 
 import evkit
 from evkit.patterns import matches
-from evkit.server import _text_frame
+from evkit.protocol import text_frame as _text_frame
 from evkit.testing import TIMEOUT, open_client, recv_json, send_json
 
 MIB = 1024 * 1024
@@ -413,7 +413,7 @@ def test_a_write_that_fails_on_one_connection_does_not_stop_the_others(
         ]
         broken_id = welcome["payload"]["clientId"]
         [connection] = [
-            c for c, state in server.broadcaster._clients.items() if state.client_id == broken_id
+            s.connection for s in server.broadcaster.clients.values() if s.client_id == broken_id
         ]
 
         def refuse(data: bytes) -> None:

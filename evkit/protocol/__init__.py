@@ -41,6 +41,7 @@ from evkit.protocol.connect import (
     with_query,
 )
 from evkit.protocol.encoding import (
+    PUBLISH_ENVELOPE,
     auth_message,
     batch_message,
     encode,
@@ -89,6 +90,7 @@ __all__ = [
     "PING",
     "PONG",
     "PUBLISH",
+    "PUBLISH_ENVELOPE",
     "REPLAYED",
     "SERVER_TYPES",
     "SUBSCRIBE",

@@ -1,32 +1,35 @@
-"""Event history behind one small interface, chosen by URL.
+"""Event history behind one interface (:class:`History`), chosen by URL.
 
 ``memory://`` (the default) keeps a bounded ring in memory; ``sqlite:///path/to.db``
 keeps every event durably with the standard library's sqlite3 (see
 :mod:`evkit.store.sqlite`). Both hand out the stream ids: ids are integers that only
 grow within one ``epoch``; a store that starts empty starts a new epoch, so a client
-can tell its ids no longer apply. ``redis://host:6379/0`` is a Redis stream shared by
-several broadcasters (see :mod:`evkit.store.redis`): Redis assigns the ids
-(``1764171234567-0``) and every instance delivers what it reads back.
+can tell its ids no longer apply. A Redis stream shared by several broadcasters is a
+backplane, not a history of this process: see :mod:`evkit.backplane`, which also
+chooses by URL (``redis://``) and wraps these histories otherwise.
 
-The broadcaster calls a store only from its own loop thread. ``append`` and
-``read_after`` never wait on disk for what is recent; durable stores write in batches
-on a thread of their own.
+The broadcaster calls a history only from its own loop thread. ``append`` and
+``read_after`` never wait on disk for what is recent; durable histories write in
+batches on a thread of their own.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from evkit.store.base import Record, Store
+from evkit.store.base import History, Record, Store
 from evkit.store.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from evkit.store.redis import RedisStore
     from evkit.store.sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "Record", "RedisStore", "SQLiteStore", "Store", "open_store"]
+__all__ = ["History", "MemoryStore", "Record", "SQLiteStore", "Store", "open_store"]
+
+#: The URL schemes of a shared stream (a backplane), which open_store does not open.
+SHARED_SCHEMES = ("redis", "rediss", "unix")
 
 
 def __getattr__(name: str) -> object:
@@ -35,44 +38,33 @@ def __getattr__(name: str) -> object:
         from evkit.store.sqlite import SQLiteStore
 
         return SQLiteStore
-    if name == "RedisStore":
-        from evkit.store.redis import RedisStore
-
-        return RedisStore
     raise AttributeError(f"module 'evkit.store' has no attribute {name!r}")
 
 
 def open_store(
-    url: str,
-    history_size: int = 10_000,
-    *,
-    stream: str = "evkit:events",
-    maxlen: int = 1_000_000,
-    history_bytes: int = 16 * 1024 * 1024,
-) -> Store:
-    """Make the store a URL names (not yet opened).
+    url: str, history_size: int = 10_000, *, history_bytes: int = 16 * 1024 * 1024
+) -> History:
+    """Make the history a URL names (not yet opened).
 
-    Every store keeps its newest events in memory, at most ``history_size`` of them and
-    at most ``history_bytes`` of encoded frames, whichever comes first.
+    Every history keeps its newest events in memory, at most ``history_size`` of them
+    and at most ``history_bytes`` of encoded frames, whichever comes first.
 
-    - ``memory://`` — a ring of ``history_size`` events.
+    - ``memory://`` — a ring of ``history_size`` events (``?size=N`` overrides it).
     - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with optional
-      ``?max_events=N&max_age=SECONDS`` retention (default: 1,000,000 events, no age
-      limit); ``history_size`` recent events are also kept in memory for fast replay.
-    - ``redis://[user:password@]host:6379/0``, ``rediss://`` (TLS) or
-      ``unix:///path/redis.sock?db=0``: the Redis stream ``stream``, trimmed to about
-      ``maxlen`` entries; redis-py reads the URL's options. ``history_size`` recent
-      events are kept in memory too.
+      ``?size=N&max_age=SECONDS`` retention on disk (default: 1,000,000 events, no age
+      limit; ``max_events`` is the former name of ``size``).
 
     Raises:
-        ValueError: an unknown scheme or a malformed option, naming what is accepted.
+        ValueError: an unknown scheme, a shared stream's URL (``redis://``: see
+            :func:`evkit.backplane.open_backplane`), or a malformed option, naming what
+            is accepted.
     """
     parts = urlsplit(url)
     options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     accepted = _OPTIONS.get(parts.scheme)
     if accepted is not None:
         for name in options:
-            if name not in accepted:
+            if name not in accepted and name not in _FORMER_OPTIONS:
                 raise ValueError(
                     f"unknown option {name!r} for {parts.scheme}://; accepted: "
                     + ", ".join(accepted)
@@ -80,33 +72,46 @@ def open_store(
     if parts.scheme == "memory":
         return MemoryStore(_int_option(options, "size", history_size), history_bytes)
     if parts.scheme == "sqlite":
-        path = parts.netloc + parts.path
-        if path.startswith("/") and not path.startswith("//"):
-            path = path[1:]  # sqlite:///events.db -> events.db (relative)
-        elif path.startswith("//"):
-            path = path[1:]  # sqlite:////abs/events.db -> /abs/events.db
-        if not path:
-            raise ValueError(f"{url!r} names no file; use sqlite:///events.db")
-        from evkit.store.sqlite import SQLiteStore
-
-        return SQLiteStore(
-            path,
-            memory_size=history_size,
-            memory_bytes=history_bytes,
-            max_events=_int_option(options, "max_events", 1_000_000),
-            max_age=_seconds_option(options, "max_age"),
+        return _open_sqlite(url, parts.netloc + parts.path, options, history_size, history_bytes)
+    if parts.scheme in SHARED_SCHEMES:
+        raise ValueError(
+            f"{parts.scheme}:// names a stream shared by several broadcasters, not a history "
+            "of this process: open it with evkit.backplane.open_backplane()"
         )
-    if parts.scheme in ("redis", "rediss", "unix"):
-        from evkit.store.redis import RedisStore
-
-        return RedisStore(url, stream, maxlen, history_size, history_bytes)
     raise ValueError(
         f"unknown store URL {url!r}; use memory://, sqlite:///path/to/events.db"
         " or redis://host:6379/0"
     )
 
 
-_OPTIONS = {"memory": ("size",), "sqlite": ("max_events", "max_age")}
+def _open_sqlite(
+    url: str, path: str, options: dict[str, str], history_size: int, history_bytes: int
+) -> History:
+    if path.startswith("/") and not path.startswith("//"):
+        path = path[1:]  # sqlite:///events.db -> events.db (relative)
+    elif path.startswith("//"):
+        path = path[1:]  # sqlite:////abs/events.db -> /abs/events.db
+    if not path:
+        raise ValueError(f"{url!r} names no file; use sqlite:///events.db")
+    if "max_events" in options:
+        _int_option(options, "max_events", 1)  # its own name in the error, if any
+        warnings.warn(
+            "the sqlite:// option max_events is now called size", DeprecationWarning, stacklevel=3
+        )
+        options.setdefault("size", options.pop("max_events"))
+    from evkit.store.sqlite import SQLiteStore
+
+    return SQLiteStore(
+        path,
+        history_size=history_size,
+        history_bytes=history_bytes,
+        retention_size=_int_option(options, "size", 1_000_000),
+        max_age=_seconds_option(options, "max_age"),
+    )
+
+
+_OPTIONS = {"memory": ("size",), "sqlite": ("size", "max_age")}
+_FORMER_OPTIONS = ("max_events",)  # still accepted, with a DeprecationWarning
 
 
 def _int_option(options: dict[str, str], name: str, default: int) -> int:

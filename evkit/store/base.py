@@ -1,4 +1,15 @@
-"""The store interface the broadcaster uses."""
+"""History: the interface the broadcaster reads and records a stream's events through.
+
+A history holds the events of one stream, in id order, and serves replays (``since``).
+Where ids come from and how events reach delivery is the backplane's job
+(:mod:`evkit.backplane`): a local backplane hands out ids with :meth:`History.claim`
+and :meth:`History.append`; a shared one (Redis) records what it reads back.
+``Store`` is the former name of :class:`History`, kept as an alias.
+
+Called only from the broadcaster's loop thread. Must not block the loop on disk or
+network for what is recent: durable histories write on a thread of their own, and
+what only a remote stream still holds is read with the async :meth:`History.read_older`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-__all__ = ["Record", "Store", "new_epoch"]
+__all__ = ["History", "Record", "Store", "new_epoch"]
 
 
 class Record(NamedTuple):
@@ -25,7 +36,7 @@ def new_epoch() -> str:
     return os.urandom(4).hex()
 
 
-class Store(ABC):
+class History(ABC):
     """History of one stream. Called only from the broadcaster's loop thread.
 
     ``last_id`` is the id of the newest event (0 before the first); ``first_id`` the
@@ -37,9 +48,6 @@ class Store(ABC):
     last_id: int
     #: True when ``sync()`` makes what was appended survive a crash of the process.
     durable: bool = False
-    #: True for a stream several broadcasters share (Redis): the store assigns the ids
-    #: and every instance, the writer included, delivers what it reads back.
-    shared: bool = False
 
     def parse_id(self, text: str) -> int:
         """The position of the wire id ``text`` (an id this kind of store hands out).
@@ -96,6 +104,18 @@ class Store(ABC):
     def read_after(self, after: int) -> Iterator[Record]:
         """Every held event with an id greater than ``after``, in id order."""
 
+    async def read_older(self, after: int, count: int) -> tuple[list[Record], int]:
+        """Up to ``count`` events after ``after`` that only a remote stream still holds, and
+        the newest position that stream no longer holds (0: nothing was ever dropped).
+
+        Called for positions before :meth:`trimmed_through`. A history held here entirely
+        has nothing more: ``([], trimmed_through())``.
+
+        Raises:
+            StoreUnavailable: the remote stream cannot be read now.
+        """
+        return [], self.trimmed_through()
+
     def sync(self) -> None:
         """Block until everything appended is durable (no-op for memory). Not on the loop."""
         return None
@@ -107,3 +127,7 @@ class Store(ABC):
     @abstractmethod
     def health(self) -> dict[str, Any]:
         """``name``, ``state`` (ok or error), counts, and any last error."""
+
+
+#: The former name of :class:`History`.
+Store = History

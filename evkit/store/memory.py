@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from evkit.store.base import Record, Store, new_epoch
+from evkit.store.base import History, Record, new_epoch
 from evkit.store.ring import HistoryRing
 
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore(Store):
-    """Keeps the newest ``capacity`` events (at most ``max_bytes`` of them); nothing
+class MemoryStore(History):
+    """Keeps the newest ``history_size`` events (at most ``history_bytes`` of them); nothing
     survives the process.
 
     Every new MemoryStore starts empty, hence with a new epoch. Also the test double
@@ -21,13 +21,20 @@ class MemoryStore(Store):
 
     name = "memory"
 
-    def __init__(self, capacity: int = 10_000, max_bytes: int = 16 * 1024 * 1024) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be positive, got {capacity}")
-        self.capacity = capacity
+    def __init__(self, history_size: int = 10_000, history_bytes: int = 16 * 1024 * 1024) -> None:
+        if history_size < 1:
+            raise ValueError(
+                f"a memory store's capacity must be positive: history_size={history_size}"
+            )
+        self.history_size = history_size
         self.epoch = new_epoch()
         self.last_id = 0
-        self._ring = HistoryRing(capacity, max_bytes)
+        self._ring = HistoryRing(history_size, history_bytes)
+
+    @property
+    def capacity(self) -> int:
+        """The former name of ``history_size``."""
+        return self.history_size
 
     def append(self, record: Record) -> None:
         self._ring.append(record)
@@ -48,7 +55,7 @@ class MemoryStore(Store):
             "state": "ok",
             "events": len(self._ring),
             "bytes": self._ring.bytes,
-            "capacity": self.capacity,
+            "capacity": self.history_size,
             "epoch": self.epoch,
             "lastId": str(self.last_id),
         }

@@ -3,7 +3,7 @@
 Writes never happen on the broadcaster's loop: ``append`` puts the record in the
 in-memory ring (which serves recent replays) and in a pending batch, and a writer
 thread commits batches in one transaction each (WAL journal, ``synchronous=NORMAL``).
-Retention is bounded by count (``max_events``) and optionally by age (``max_age``
+Retention is bounded by count (``retention_size``) and optionally by age (``max_age``
 seconds); it runs on the writer thread after commits.
 
 When the database is new (or was wiped) the store starts a new epoch; otherwise it
@@ -28,7 +28,7 @@ killed but may be lost with the last transactions on a power loss or OS crash;
 per commit.
 
 If the disk fails, the error is logged, shown by ``health()``, and the batch is kept
-and retried; past ``max_pending`` unwritten events the oldest are dropped and counted.
+and retried; past ``queue_size`` unwritten events the oldest are dropped and counted.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from typing import Any
 
 import orjson
 
-from evkit.store.base import Record, Store, new_epoch
+from evkit.exceptions import StoreUnavailable
+from evkit.store.base import History, Record, new_epoch
 from evkit.store.ring import HistoryRing
 
 __all__ = ["SCHEMA", "SQLiteStore"]
@@ -66,7 +67,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-class SQLiteStore(Store):
+class SQLiteStore(History):
     """Durable history in one SQLite file. See the module docstring."""
 
     name = "sqlite"
@@ -76,26 +77,26 @@ class SQLiteStore(Store):
         self,
         path: str | Path,
         *,
-        memory_size: int = 10_000,
-        memory_bytes: int = 16 * 1024 * 1024,
-        max_events: int = 1_000_000,
+        history_size: int = 10_000,
+        history_bytes: int = 16 * 1024 * 1024,
+        retention_size: int = 1_000_000,
         max_age: float | None = None,
         batch_interval: float = 0.05,
-        max_pending: int = 1_000_000,
+        queue_size: int = 1_000_000,
         synchronous: str = "NORMAL",
     ) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
         self.synchronous = synchronous.upper()
         self.path = Path(path)
-        self.memory_size = memory_size
-        self.max_events = max_events
+        self.history_size = history_size
+        self.retention_size = retention_size
         self.max_age = max_age
         self.batch_interval = batch_interval
-        self.max_pending = max_pending
+        self.queue_size = queue_size
         self.epoch = ""
         self.last_id = 0
-        self._ring = HistoryRing(memory_size, memory_bytes)
+        self._ring = HistoryRing(history_size, history_bytes)
         self._pending: list[Record] = []
         self._writing: list[Record] = []  # the batch the writer is committing
         self._expired_id = 0  # the newest id that age retention removed
@@ -119,6 +120,18 @@ class SQLiteStore(Store):
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> None:
+        """Create or read the file, then start the writer thread.
+
+        Raises:
+            OSError: the folder cannot be made.
+            StoreUnavailable: sqlite refused the file (not a database, locked, read-only).
+        """
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite store {self.path}: {exc}") from None
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = self._connect()
         try:
@@ -226,7 +239,7 @@ class SQLiteStore(Store):
         self._ring.append(record)
         self.last_id = record.id
         with self._lock:
-            if len(self._pending) >= self.max_pending:
+            if len(self._pending) >= self.queue_size:
                 del self._pending[0]
                 self._dropped += 1
             self._pending.append(record)
@@ -234,7 +247,7 @@ class SQLiteStore(Store):
     def _retained_after(self) -> int:
         # The ring may still hold what retention removed from disk: ids up to this one
         # are no longer held, wherever they are.
-        return max(self.last_id - self.max_events, self._expired_id)
+        return max(self.last_id - self.retention_size, self._expired_id)
 
     def first_id(self) -> int:
         held = min(self._first_on_disk, self._ring.first_id(self.last_id + 1))
@@ -356,7 +369,7 @@ class SQLiteStore(Store):
     def _retain(self, connection: sqlite3.Connection) -> None:
         with connection:
             connection.execute(
-                "DELETE FROM events WHERE id <= ?", (self.last_id - self.max_events,)
+                "DELETE FROM events WHERE id <= ?", (self.last_id - self.retention_size,)
             )
             if self.max_age is not None:
                 cutoff = int((time.time() - self.max_age) * 1000)

@@ -1,4 +1,4 @@
-"""Tests for evkit.messages: client message decoding, server message encoding."""
+"""evkit.protocol with plain values: client messages, encoding, connect parameters, refusals."""
 
 from __future__ import annotations
 
@@ -16,18 +16,25 @@ from evkit.protocol import (
     UNSET,
     Auth,
     BatchOptions,
+    ConnectRequest,
     Ping,
     Publish,
     Subscribe,
     Unsubscribe,
+    connect_query,
+    credential,
     decode_client_message,
     encode,
     encode_event,
     encode_message,
+    error_from,
     error_message,
     now_ms,
+    parse_connect,
+    refusal,
     validate_correlation_id,
     validate_event_type,
+    with_query,
 )
 
 EXPECTED_TYPES = ["subscribe", "unsubscribe", "ping", "publish", "auth"]
@@ -686,3 +693,54 @@ def test_payloads_nested_past_the_limit_are_refused_before_anything_happens() ->
         decode_client_message(orjson.dumps({"type": "publish", "payload": [event]}))
     assert info.value.code == "invalid_event"
     assert info.value.detail == {"index": 0, "maxDepth": MAX_PAYLOAD_DEPTH}
+
+
+# -- connect parameters, both ways -------------------------------------------------------------
+
+
+def test_a_client_query_reads_back_as_the_same_request() -> None:
+    query = connect_query(["repo.*", "claude.*"], "req-7", since="42", epoch="e1", batch=(100, 5))
+    request = parse_connect(query, {}, 128, int)
+    assert request == ConnectRequest(
+        ["repo.*", "claude.*"], "req-7", "42", "e1", BatchOptions(100, 5.0), explicit_patterns=True
+    )
+    assert parse_connect("", {"x-correlation-id": "hdr"}, 128, int).correlation_id == "hdr"
+    assert parse_connect("", {}, 128, int) == ConnectRequest(["*"])
+    assert with_query("ws://h/ws/events", "a=1") == "ws://h/ws/events?a=1"
+    assert with_query("ws://h/ws/events?t=1", "a=1") == "ws://h/ws/events?t=1&a=1"
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("eventTypes=a%20b", "invalid_pattern"),
+        ("eventTypes=a,b,c", "too_many_subscriptions"),
+        ("since=nope", "invalid_message"),
+        ("batch=3", "invalid_message"),
+    ],
+)
+def test_bad_connect_parameters_are_refused_with_a_code(query: str, code: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_connect(query, {}, 2, int)
+    assert info.value.code == code
+
+
+def test_credentials_from_the_bearer_header_then_the_query() -> None:
+    assert credential({"Authorization": "Bearer abc"}, "token=def") == "abc"
+    assert credential({"authorization": "bearer abc"}, "") == "abc"
+    assert credential({}, "token=def") == "def"
+    assert credential({"Authorization": "Basic abc"}, "") is None
+
+
+def test_a_refused_handshake_reads_as_one_sentence_and_one_error() -> None:
+    refused = refusal(401, "Unauthorized", b'{"error": "token expired", "code": "unauthorized"}')
+    assert refused.permanent
+    assert refused.describe() == (
+        "the server refused the connection: HTTP 401 Unauthorized: token expired (check the token)"
+    )
+    error = refused.as_error()
+    assert (error.code, error.detail) == ("unauthorized", {"status": 401})
+    busy = refusal(503, "Service Unavailable", b"not json")
+    assert not busy.permanent
+    assert busy.error == "not json"
+    assert error_from({"code": "forbidden", "error": "no"}).code == "forbidden"

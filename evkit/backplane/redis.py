@@ -1,0 +1,529 @@
+"""Several instances, one stream: a Redis stream shared by every broadcaster that names it.
+
+Every instance appends the events emitted on it with ``XADD`` (``MAXLEN ~`` trimming,
+one script call per batch) and reads the whole stream back with ``XREAD`` on a
+connection of its own; what it reads, in stream order, is what it records in its
+:class:`RedisHistory` and delivers to its local clients. So an event emitted on
+instance A reaches the clients of B, and every client of every instance sees one
+order. A replay reads what this instance no longer holds in memory with ``XRANGE``.
+
+Failures: while Redis is unreachable the broadcaster's bounded queue keeps what is
+emitted (beyond it, events are dropped and counted) and both the writer and the reader
+retry with capped exponential backoff and jitter. When Redis returns with its data the
+queue is written and the reader continues where it was: nothing is lost. When the
+stream itself was lost (Redis restarted without persistence, or the stream ends before
+where this instance had read), the epoch changes, and when trimming outran this
+instance's reader, entries were missed: either way the sink is told the stream broke
+(clients are closed with 1012, so that their resume reports the gap).
+
+Needs the ``redis`` extra (redis-py), imported when the backplane starts. Used only
+from the broadcaster's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from evkit.backplane.base import Backplane, Pending, Queue, Sink
+from evkit.backplane.redis_stream import (
+    APPEND_SCRIPT,
+    ROTATE_SCRIPT,
+    EntryParser,
+    format_stream_id,
+    parse_stream_id,
+    redacted_url,
+    text,
+    trimmed_through,
+)
+from evkit.exceptions import StoreUnavailable
+from evkit.store.base import History, Record, new_epoch
+from evkit.store.ring import HistoryRing
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["RedisBackplane", "RedisHistory"]
+
+logger = logging.getLogger("evkit.backplane.redis")
+
+_WRITE_BATCH = 500  # most events per XADD script call
+_READ_COUNT = 1000  # most entries per XREAD
+_BLOCK_MS = 2000
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 2.0
+
+
+class RedisHistory(History):
+    """This instance's view of the stream: its newest entries in memory, older ones in Redis.
+
+    The memory ring never holds more than the stream keeps (``maxlen``), so every
+    instance serves the same history. ``last_id`` is the newest position this instance
+    has read (and delivered).
+    """
+
+    name = "redis"
+
+    def __init__(self, backplane: RedisBackplane, size: int, max_bytes: int) -> None:
+        self._backplane = backplane
+        self.epoch = ""
+        self.last_id = 0
+        # Every entry after its dropped_through, up to last_id, is in it.
+        self.ring = HistoryRing(size, max_bytes)
+
+    def parse_id(self, text: str) -> int:
+        return parse_stream_id(text)
+
+    def format_id(self, position: int) -> str:
+        return format_stream_id(position)
+
+    def append(self, record: Record) -> None:
+        self.ring.append(record)
+        self.last_id = record.id
+
+    def first_id(self) -> int:
+        return self.ring.first_id(self.last_id + 1)
+
+    def trimmed_through(self) -> int:
+        """What the memory ring cannot serve: older entries are read from Redis."""
+        return self.ring.dropped_through
+
+    def read_after(self, after: int) -> Iterator[Record]:
+        return self.ring.read_after(after)
+
+    async def read_older(self, after: int, count: int) -> tuple[list[Record], int]:
+        """Up to ``count`` entries after ``after`` (``XRANGE``), and where trimming reached.
+
+        The second value is the position just before the stream's first entry when
+        anything was ever trimmed (else 0): a replay after an older position may have
+        missed something. It errs on the side of reporting a gap: when the entry the
+        client saw last has just been trimmed, nothing after it may have been. Only
+        entries this instance has already read are returned (the rest reach the client
+        live).
+
+        Raises:
+            StoreUnavailable: Redis cannot answer.
+        """
+        from redis.exceptions import RedisError, ResponseError
+
+        backplane = self._backplane
+        client, where = backplane.client, f"Redis at {backplane.display_url}"
+        if client is None:
+            raise StoreUnavailable(f"{where} is not connected")
+        start = "-" if after == 0 else "(" + format_stream_id(after)
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xinfo_stream(backplane.stream)
+                pipe.xrange(
+                    backplane.stream, min=start, max=format_stream_id(self.last_id), count=count
+                )
+                info, entries = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{where}: {exc}") from None
+        if isinstance(entries, Exception):
+            raise StoreUnavailable(f"{where}: {entries}")
+        trimmed = 0
+        if isinstance(info, dict):
+            trimmed = trimmed_through(info)
+        elif not (isinstance(info, ResponseError) and "no such key" in str(info)):
+            raise StoreUnavailable(f"{where}: {info}")
+        return backplane.parser.parse(entries or [], remember=False), trimmed
+
+    def health(self) -> dict[str, Any]:
+        return self._backplane.health()
+
+
+class RedisBackplane(Backplane):
+    """One Redis stream shared by every broadcaster that names it.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or
+            ``unix:///path/redis.sock``; redis-py reads every option from it.
+        stream: the stream key; the epoch lives next to it at ``<stream>:epoch``.
+        maxlen: entries the stream keeps (``XADD MAXLEN ~``: Redis trims whole nodes,
+            so a little more is kept).
+        history_size, history_bytes: recent events this instance keeps in memory for
+            fast replays (at most ``maxlen``).
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        stream: str,
+        maxlen: int,
+        history_size: int = 10_000,
+        history_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        if not stream:
+            raise ValueError("stream must be a non-empty Redis key")
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be a positive integer, got {maxlen!r}")
+        self.url = url
+        self.display_url = redacted_url(url)
+        self.stream = stream
+        self.maxlen = maxlen
+        self.history = self._history = RedisHistory(self, min(history_size, maxlen), history_bytes)
+        self.state = "starting"
+        self.last_error: str | None = None
+        self.counts = dict.fromkeys(("written", "read", "outages", "resets", "gaps", "missed"), 0)
+        self.parser = EntryParser(stream)
+        self._index = 0  # how many entries the stream had added up to the reader's position
+        self._epoch_key = f"{stream}:epoch"
+        self._position = "0-0"  # where the reader's next XREAD starts
+        self._producer = os.urandom(6).hex().encode()
+        self._sequence = 0
+        self._written_position = 0  # the newest entry this instance wrote
+        self._retry: deque[tuple[int, Pending]] = deque()
+        self._writing = False
+        self.client: Redis | None = None
+        self._append_script: AsyncScript | None = None
+        self._reader: Redis | None = None
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: deque[Pending] = deque()
+        self._sink: Sink | None = None
+
+    def open(self) -> None:
+        return None  # nothing to prepare off the loop: start() connects
+
+    # -- lifecycle (on the broadcaster's loop) --------------------------------------------
+
+    async def start(self, queue: Queue, sink: Sink) -> None:
+        """Connect, learn the epoch and the recent history, then write and read in the background.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached or refused the commands.
+        """
+        try:
+            from redis.asyncio import BlockingConnectionPool, Redis
+        except ImportError:  # pragma: no cover - the extra is part of evkit[all]
+            raise StoreUnavailable(
+                "a redis:// store needs redis-py: pip install 'evkit[redis]'"
+            ) from None
+        from redis.exceptions import RedisError
+
+        self._pending, self._sink = queue.pending, sink
+        options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 10.0}
+        try:
+            pool = BlockingConnectionPool.from_url(
+                self.url, max_connections=8, timeout=10, **options
+            )
+            self.client = Redis(connection_pool=pool)
+            self._reader = Redis.from_url(self.url, single_connection_client=True, **options)
+            await self.client.ping()
+            self._append_script = self.client.register_script(APPEND_SCRIPT)
+            await self._check_stream()
+            await self._load_recent()
+        except (RedisError, OSError, ValueError) as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot use Redis at {self.display_url}: {exc}") from None
+        self.state = "ok"
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="evkit-redis-writer"),
+            asyncio.create_task(self._read_loop(), name="evkit-redis-reader"),
+        ]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the queue is written and this instance has read back its own writes."""
+        try:
+            async with asyncio.timeout(timeout):
+                progress = self._progress
+                while (
+                    self._pending
+                    or self._retry
+                    or self._writing
+                    or self.history.last_id < self._written_position
+                ):
+                    self.wake()
+                    progress.clear()
+                    await progress.wait()  # set by the writer and the reader at every step
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop the writer and the reader and close the connections (within a few seconds)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                logger.error("evkit Redis task failed: %r", task.exception())
+        for client in (self._reader, self.client):
+            if client is not None:
+                try:
+                    await asyncio.wait_for(client.aclose(), 2.0)
+                except Exception as exc:  # closing a broken connection: nothing to do
+                    logger.debug("closing a Redis connection: %s", exc)
+        self.client = self._reader = None
+
+    def waiting(self) -> int:
+        return len(self._pending) + len(self._retry)
+
+    def health(self) -> dict[str, Any]:
+        history = self._history
+        counts = self.counts
+        return {
+            "name": self.name,
+            "state": self.state,
+            "url": self.display_url,
+            "stream": self.stream,
+            "maxlen": self.maxlen,
+            "epoch": history.epoch,
+            "lastId": format_stream_id(history.last_id),
+            "cached": len(history.ring),
+            "written": counts["written"],
+            "read": counts["read"],
+            "waiting": self.waiting(),
+            "outages": counts["outages"],
+            "resets": counts["resets"],
+            "gaps": counts["gaps"],
+            "missed": counts["missed"],
+            "repeatsSkipped": self.parser.repeats_skipped,
+            "malformed": self.parser.malformed,
+            "lastError": self.last_error,
+        }
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        from redis.exceptions import RedisError
+
+        backoff = _BACKOFF_FIRST
+        while True:
+            if not (self._pending or self._retry):
+                await self._wake.wait()
+            self._wake.clear()
+            batch = self._take_batch()
+            if not batch:
+                continue
+            self._writing = True
+            try:
+                ids = await self._append(batch)
+            except (RedisError, OSError) as exc:
+                self._retry.extendleft(reversed(batch))
+                self._writing = False
+                self._progress.set()
+                self._failed("writing", exc)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            self._writing = False
+            backoff = _BACKOFF_FIRST
+            self._recovered()
+            items = []
+            for (_, item), raw_id in zip(batch, ids, strict=True):
+                item[0].id = text(raw_id)
+                items.append(item)
+            self._written_position = max(self._written_position, parse_stream_id(text(ids[-1])))
+            self.counts["written"] += len(items)
+            assert self._sink is not None
+            self._sink.published(items)
+            self._progress.set()
+
+    def _take_batch(self) -> list[tuple[int, Pending]]:
+        retry, pending = self._retry, self._pending
+        batch: list[tuple[int, Pending]] = []
+        while retry and len(batch) < _WRITE_BATCH:
+            batch.append(retry.popleft())
+        while pending and len(batch) < _WRITE_BATCH:
+            self._sequence += 1
+            batch.append((self._sequence, pending.popleft()))
+        return batch
+
+    async def _append(self, batch: list[tuple[int, Pending]]) -> list[Any]:
+        """XADD a batch in one script call: atomic, and one command to encode, not hundreds."""
+        assert self._append_script is not None
+        producer = self._producer
+        args: list[bytes | int] = [self.maxlen]
+        for sequence, (event, correlation_id, payload_json, _) in batch:
+            header = b"%s %d %b:%d " % (event.type.encode(), event.timestamp, producer, sequence)
+            if correlation_id is not None:
+                header += correlation_id.encode()
+            args += (header, payload_json)
+        return list(await self._append_script(keys=[self.stream], args=args))
+
+    # -- the reader ---------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        """Read the stream in order and deliver it; notice when trimming outran this reader.
+
+        Entries are read in a transaction with ``XINFO STREAM``, whose ``entries-added``
+        and ``length`` give the index of the stream's first entry at the same instant;
+        the reader counts the entries it has read, so when that index lies past the
+        next one it expects, entries were trimmed before this instance read them. A
+        blocking ``XREAD`` only waits for the stream to grow. (Entries are removed only
+        by trimming: nothing else may ``XDEL`` from an evkit stream.)
+        """
+        from redis.exceptions import RedisError
+
+        assert self._reader is not None
+        reader = self._reader
+        backoff = _BACKOFF_FIRST
+        check = False
+        while True:
+            try:
+                if check:
+                    await self._check_stream()
+                    check = False
+                async with reader.pipeline(transaction=True) as pipe:
+                    pipe.xinfo_stream(self.stream)
+                    pipe.xread({self.stream: self._position}, count=_READ_COUNT)
+                    info, reply = await pipe.execute(raise_on_error=False)
+                if isinstance(reply, Exception):
+                    raise reply
+                if not reply:  # nothing new: wait until the stream grows
+                    await reader.xread({self.stream: self._position}, count=1, block=_BLOCK_MS)
+            except (RedisError, OSError) as exc:
+                self._failed("reading", exc)
+                check = True
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            backoff = _BACKOFF_FIRST
+            self._recovered()
+            if reply:
+                self._read(info, reply[0][1])
+            self._progress.set()
+
+    def _read(self, info: Any, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Record and deliver entries the reader read (``info``: XINFO at the same instant)."""
+        if isinstance(info, dict):
+            first_index = int(info["entries-added"]) - int(info["length"]) + 1
+            if first_index > self._index + 1:
+                self._fell_behind(trimmed_through(info), first_index - self._index - 1)
+                self._index = first_index - 1
+        self._index += len(entries)
+        records = self.parser.parse(entries)
+        self._position = text(entries[-1][0])
+        self.counts["read"] += len(records)
+        history = self._history
+        append = history.append
+        for record in records:
+            append(record)
+        history.last_id = max(history.last_id, parse_stream_id(self._position))
+        if records:
+            assert self._sink is not None
+            self._sink.deliver(records)
+
+    def _fell_behind(self, trimmed: int, missed: int) -> None:
+        """``missed`` entries, up to ``trimmed``, left the stream before this instance read them."""
+        self.counts["gaps"] += 1
+        self.counts["missed"] += missed
+        logger.warning(
+            "Redis stream %s was trimmed past this instance's reader (%d entries after %s never"
+            " read): raise maxlen; clients are closed and resume with complete=false",
+            self.stream,
+            missed,
+            self._position,
+        )
+        # What is held in memory stops at the gap: replays older than it go to Redis,
+        # which reports them incomplete.
+        history = self._history
+        history.ring.clear(trimmed)
+        history.last_id = max(history.last_id, trimmed)
+        assert self._sink is not None
+        self._sink.stream_broken("event stream gap")
+
+    # -- epoch and recent history -----------------------------------------------------------------
+
+    async def _check_stream(self) -> None:
+        """Learn the epoch; when the stream was lost, start a new one and reset."""
+        assert self.client is not None
+        client, history = self.client, self._history
+        await client.set(self._epoch_key, new_epoch(), nx=True)
+        epoch = text(await client.get(self._epoch_key))
+        last_generated, added = await self._stream_info()
+        if (
+            history.epoch
+            and epoch == history.epoch
+            and (history.last_id > last_generated or self._index > added)
+        ):
+            # The stream ends before what this instance read: Redis lost its tail.
+            epoch = text(await client.eval(ROTATE_SCRIPT, 1, self._epoch_key, epoch, new_epoch()))
+        if not history.epoch:
+            history.epoch = epoch
+        elif epoch != history.epoch:
+            logger.warning(
+                "Redis stream %s was lost (epoch %s -> %s): clients resume with complete=false",
+                self.stream,
+                history.epoch,
+                epoch,
+            )
+            history.epoch = epoch
+            self.counts["resets"] += 1
+            history.ring.clear(0)
+            history.last_id = 0
+            self._position = "0-0"
+            self.parser.seen.clear()
+            self._written_position = 0
+            self._index = 0
+            if self._sink is not None:
+                self._sink.stream_broken("event stream reset")
+
+    async def _stream_info(self) -> tuple[int, int]:
+        """The stream's last generated position and how many entries it ever added."""
+        from redis.exceptions import ResponseError
+
+        assert self.client is not None
+        try:
+            info = await self.client.xinfo_stream(self.stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc):
+                return 0, 0
+            raise
+        return parse_stream_id(text(info["last-generated-id"])), int(info["entries-added"])
+
+    async def _load_recent(self) -> None:
+        """Fill the memory ring with the newest entries and read on from the stream's end."""
+        from redis.exceptions import ResponseError
+
+        assert self.client is not None
+        history = self._history
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xinfo_stream(self.stream)
+            pipe.xrevrange(self.stream, count=history.ring.max_events)
+            info, entries = await pipe.execute(raise_on_error=False)
+        if isinstance(info, dict):
+            last_generated = parse_stream_id(text(info["last-generated-id"]))
+            self._index = int(info["entries-added"])
+        elif isinstance(info, ResponseError) and "no such key" in str(info):
+            last_generated, self._index, entries = 0, 0, []
+        else:
+            raise info
+        if isinstance(entries, Exception):
+            raise entries
+        self._position = format_stream_id(last_generated)
+        entries.reverse()
+        records = self.parser.parse(entries)
+        history.ring.clear(records[0].id - 1 if records else last_generated)
+        for record in records:
+            history.ring.append(record)
+        history.last_id = last_generated
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        message = f"{what} {self.display_url}: {type(exc).__name__}: {exc}"
+        if self.state != "error":
+            logger.warning("evkit lost Redis (%s); retrying with backoff", message)
+            self.counts["outages"] += 1
+        self.state = "error"
+        self.last_error = message
+
+    def _recovered(self) -> None:
+        if self.state == "error":
+            logger.warning("evkit reached Redis at %s again", self.display_url)
+        self.state = "ok"

@@ -15,16 +15,25 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from evkit.exceptions import ConnectError
+
+if TYPE_CHECKING:
+    from evkit.client import Subscriber
+    from evkit.client.publisher import Publisher
 
 __all__ = ["main"]
 
 DEFAULT_URL = "ws://127.0.0.1:3000/ws/events"
+_CONNECT_TIMEOUT = 10.0  # seconds for tail and replay to connect
+_REPLAY_WINDOW = 5_000  # events replay may have sent and not yet seen confirmed
+#: A command does not retry a refused handshake: it says why and exits.
+_ALL_REFUSALS = tuple(range(400, 600))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,41 +99,26 @@ def _parser() -> argparse.ArgumentParser:
 
     tail = commands.add_parser("tail", help="print the events of a running server")
     tail.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
-    tail.add_argument("--patterns", default="*", help="comma-separated patterns (default '*')")
-    tail.add_argument("--correlation-id", help="only events of this correlation ID")
+    _subscription_arguments(tail)
     tail.add_argument("--count", type=int, help="exit after this many events")
     tail.add_argument("--json", action="store_true", help="print each message as a JSON line")
-    tail.add_argument(
-        "--token",
-        default=os.environ.get("EVKIT_TOKEN") or None,
-        help="bearer token of a server with auth (default: $EVKIT_TOKEN)",
-    )
+    _token_argument(tail)
     tail.set_defaults(run=_tail)
 
     publish = commands.add_parser("publish", help="publish one event to a running server")
     publish.add_argument("type", help="event type, e.g. repo.commit.created")
     publish.add_argument("--payload", default="{}", help="payload as a JSON object")
     publish.add_argument("--url", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")
-    publish.add_argument(
-        "--token",
-        default=os.environ.get("EVKIT_TOKEN") or None,
-        help="bearer token of a server with auth (default: $EVKIT_TOKEN); it needs the "
-        "publish and subscribe scopes",
-    )
+    _token_argument(publish, "; it needs the publish and subscribe scopes")
     publish.set_defaults(run=_publish)
 
     record = commands.add_parser("record", help="record a live stream into a file")
     record.add_argument("url", help="ws://HOST:PORT/ws/events")
     record.add_argument("--out", required=True, help="events.db (SQLite) or events.jsonl")
-    record.add_argument("--patterns", default="*", help="comma-separated patterns (default '*')")
-    record.add_argument("--correlation-id", help="only events of this correlation ID")
+    _subscription_arguments(record)
     record.add_argument("--count", type=int, help="stop after this many events")
     record.add_argument("--seconds", type=float, help="stop after this many seconds")
-    record.add_argument(
-        "--token",
-        default=os.environ.get("EVKIT_TOKEN") or None,
-        help="bearer token of a server with auth (default: $EVKIT_TOKEN)",
-    )
+    _token_argument(record)
     record.set_defaults(run=_record)
 
     replay = commands.add_parser("replay", help="publish a recording again, with its spacing")
@@ -132,17 +126,22 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--to", required=True, help="ws://HOST:PORT/ws/events to publish to")
     replay.add_argument("--speed", type=float, default=1.0, help="time scale (2: twice as fast)")
     replay.add_argument("--patterns", default="*", help="only these event types")
-    replay.add_argument(
-        "--token",
-        default=os.environ.get("EVKIT_TOKEN") or None,
-        help="bearer token of a server with auth (default: $EVKIT_TOKEN)",
-    )
+    _token_argument(replay)
     replay.set_defaults(run=_replay)
     return parser
 
 
-def _auth(token: str | None) -> dict[str, str] | None:
-    return {"Authorization": f"Bearer {token}"} if token else None
+def _token_argument(command: argparse.ArgumentParser, more: str = "") -> None:
+    command.add_argument(
+        "--token",
+        default=os.environ.get("EVKIT_TOKEN") or None,
+        help=f"bearer token of a server with auth (default: $EVKIT_TOKEN){more}",
+    )
+
+
+def _subscription_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--patterns", default="*", help="comma-separated patterns (default '*')")
+    command.add_argument("--correlation-id", help="only events of this correlation ID")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -201,18 +200,18 @@ def _demo(args: argparse.Namespace) -> int:
             began = time.monotonic()
             while simulation.running:
                 elapsed = time.monotonic() - began
-                _progress(min(elapsed / args.seconds, 1.0), collector.stats["received"])
+                _progress(min(elapsed / args.seconds, 1.0), collector.stats()["received"])
                 time.sleep(0.1)
             simulation.stop()
             evkit.flush()
-            _progress(1.0, collector.stats["received"])
+            _progress(1.0, collector.stats()["received"])
             print()
             # Everything emitted has been written to the socket; wait until it was read.
             published = server.stats()["published"]
             if patterns == ["*"]:
                 collector.wait(count=published, timeout=10)
             frame = collector.to_dataframe()
-            stats = collector.stats
+            stats = collector.stats()
     finally:
         server.stop()
     if frame.empty:
@@ -282,44 +281,147 @@ def _progress(fraction: float, events: int) -> None:
     print(f"\r[{bar:<30}] {fraction:4.0%}  {events} events", end="", flush=True)
 
 
+def _patterns(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    client: Subscriber | Publisher, url: str, timeout: float | None
+) -> AsyncIterator[asyncio.Future[None]]:
+    """Run ``client`` for the block, once it is connected (within ``timeout``, if given);
+    the block gets the task running it.
+
+    Raises:
+        ConnectError: not connected within ``timeout``.
+        ProtocolError: the server refused the connection (refusals are final here).
+    """
+    task = asyncio.ensure_future(client.run())
+    try:
+        if timeout is not None and not await client.connection.wait_started(task, timeout):
+            error = client.connection.status.last_error or "no answer"
+            raise ConnectError(f"{url} did not answer within {timeout:g} s ({error})")
+        try:
+            yield task
+        finally:
+            if task.done():
+                task.result()  # what ended the client (a refusal) says most: it ends the command
+    finally:
+        await client.stop()
+        await asyncio.wait((task,), timeout=5)
+        task.cancel()
+
+
+async def _until(
+    done: asyncio.Event,
+    running: asyncio.Future[None],
+    seconds: float | None = None,
+    tick: Callable[[], None] | None = None,
+) -> None:
+    """Wait until ``done`` is set, ``running`` ended or ``seconds`` passed; call ``tick``
+    twice a second."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while not done.is_set() and not running.done():
+        remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+        if remaining <= 0:
+            return
+        waiter = asyncio.ensure_future(done.wait())
+        await asyncio.wait(
+            (waiter, running), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
+        waiter.cancel()
+        if tick is not None:
+            tick()
+
+
 def _tail(args: argparse.Namespace) -> int:
-    async def run() -> int:
-        from websockets.asyncio.client import connect
+    from evkit.client import Subscriber
 
-        params: dict[str, str] = {"eventTypes": args.patterns}
-        if args.correlation_id:
-            params["correlationId"] = args.correlation_id
+    async def run() -> None:
+        done = asyncio.Event()
         received = 0
-        async with connect(
-            f"{args.url}?{urlencode(params)}", max_size=None, additional_headers=_auth(args.token)
-        ) as ws:
-            async for raw in ws:
-                message: dict[str, Any] = orjson.loads(raw)
-                if args.json:
-                    print(raw if isinstance(raw, str) else raw.decode(), flush=True)
-                else:
-                    print(_one_line(message), flush=True)
-                if not message["type"].startswith("websocket."):
-                    received += 1
-                    if args.count is not None and received >= args.count:
-                        break
-        return 0
 
-    return asyncio.run(run())
+        def show(message: dict[str, Any]) -> None:
+            print(orjson.dumps(message).decode() if args.json else _one_line(message), flush=True)
+
+        def on_event(event: dict[str, Any]) -> None:
+            nonlocal received
+            if done.is_set():
+                return  # the rest arrived while stopping
+            show(event)
+            received += 1
+            if args.count is not None and received >= args.count:
+                done.set()
+
+        subscriber = Subscriber(
+            args.url,
+            _patterns(args.patterns),
+            args.correlation_id or None,
+            on_event=on_event,
+            on_message=show,
+            batch=None,  # one frame per event: each is printed as it comes
+            token=args.token,
+        )
+        async with _running(subscriber, args.url, _CONNECT_TIMEOUT) as running:
+            await _until(done, running)
+
+    asyncio.run(run())
+    return 0
 
 
 def _one_line(message: dict[str, Any]) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(message.get("timestamp", 0) / 1000))
+    stamp = time.strftime("%H:%M:%S", time.localtime((message.get("timestamp") or 0) / 1000))
     payload = message.get("payload") or {}
-    correlation = payload.get("correlationId", "") if isinstance(payload, dict) else ""
+    # System messages carry correlationId null (and events may lack it): a blank column.
+    correlation = payload.get("correlationId") if isinstance(payload, dict) else None
+    correlation = "" if correlation is None else str(correlation)
     body = orjson.dumps(payload).decode()
     if len(body) > 160:
         body = body[:157] + "..."
-    return f"{stamp} {message.get('id', '-'):>6} {message['type']:<36} {correlation:<12} {body}"
+    event_id = str(message.get("id", "-"))
+    return f"{stamp} {event_id:>6} {message.get('type', '?')!s:<36} {correlation:<12} {body}"
+
+
+def _publisher(url: str, token: str | None, connect_timeout: float) -> Publisher:
+    """A publisher for one command: no redaction, no retrying a refusal, no log lines."""
+    from evkit.client.outbox import Outbox
+    from evkit.client.publisher import Publisher
+
+    outbox = Outbox(_REPLAY_WINDOW * 2, 500, lambda full: publisher.wake(full))
+    publisher = Publisher(
+        url,
+        outbox,
+        prepare=None,
+        name="evkit",
+        logger=_quiet_logger(),
+        token=token,
+        connect_timeout=connect_timeout,
+        fatal_refusals=_ALL_REFUSALS,
+        flush_interval=0.0,
+    )
+    return publisher
+
+
+def _quiet_logger() -> logging.Logger:
+    # What went wrong is printed by the command itself, once.
+    quiet = logging.getLogger("evkit.cli.publisher")
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+    return quiet
+
+
+def _rejection(publisher: Publisher) -> str | None:
+    """What the server said when it rejected published events, or None."""
+    if publisher.outbox.counts()["rejected"]:
+        return publisher.connection.status.last_error or "rejected"
+    return None
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from evkit.protocol import validate_event_type
+    from evkit.bus import Event
+    from evkit.client import Subscriber
+    from evkit.protocol import now_ms, validate_event_type
 
     validate_event_type(args.type)
     try:
@@ -330,62 +432,36 @@ def _publish(args: argparse.Namespace) -> int:
     if not isinstance(payload, dict):
         print("evkit: --payload must be a JSON object", file=sys.stderr)
         return 2
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     timeout = 5.0
 
     async def run() -> int:
-        from websockets.asyncio.client import connect
+        published: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("type") == args.type and not published.done():
+                published.set_result(event)
+
+        publisher = _publisher(args.url, args.token, timeout)
         # Subscribed to its own type, to read the event back with the id it was given.
-        async with connect(
-            f"{args.url}?{urlencode({'eventTypes': args.type})}",
-            additional_headers=headers,
-            open_timeout=timeout,
-        ) as ws:
-            if headers is None:
-                # A server with auth waits for credentials; this makes it refuse at once.
-                await ws.send(orjson.dumps({"type": "ping", "payload": "evkit publish"}).decode())
-            async with asyncio.timeout(timeout):
-                async for raw in ws:
-                    if orjson.loads(raw)["type"] == "websocket.connected":
-                        break
-            await ws.send(
-                orjson.dumps(
-                    {"type": "publish", "payload": {"type": args.type, "payload": payload}}
-                ).decode()
-            )
-            while True:
-                message = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-                if message["type"] == "websocket.error":
-                    print(f"evkit: rejected: {message['payload']['error']}", file=sys.stderr)
-                    return 1
-                if message["type"] == args.type:
-                    print(f"published {args.type} as id {message['id']}")
-                    return 0
-
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
+        subscriber = Subscriber(
+            args.url, [args.type], on_event=on_event, batch=None, token=args.token
+        )
+        async with (
+            _running(publisher, args.url, timeout),
+            _running(subscriber, args.url, timeout),
+        ):
+            publisher.outbox.put(Event(args.type, now_ms(), payload))
+            await asyncio.wait_for(publisher.confirmed(publisher.outbox.appended), timeout)
+            rejected = _rejection(publisher)
+            if rejected is not None:
+                print(f"evkit: {rejected}", file=sys.stderr)
+                return 1
+            event = await asyncio.wait_for(published, timeout)
+        print(f"published {args.type} as id {event['id']}")
+        return 0
 
     try:
         return asyncio.run(run())
-    except InvalidStatus as exc:
-        response = exc.response
-        try:
-            detail = orjson.loads(response.body or b"{}").get("error", "")
-        except (orjson.JSONDecodeError, AttributeError):
-            detail = ""
-        hint = " (check --token or $EVKIT_TOKEN)" if response.status_code in (401, 403) else ""
-        print(
-            f"evkit: {args.url} refused the connection: HTTP {response.status_code} "
-            f"{response.reason_phrase}{': ' + detail if detail else ''}{hint}",
-            file=sys.stderr,
-        )
-        return 1
-    except ConnectionClosed as exc:
-        close = exc.rcvd
-        reason = f"{close.code} {close.reason}" if close is not None else "without a close frame"
-        hint = " (it requires a token: pass --token or set $EVKIT_TOKEN)" if not args.token else ""
-        print(f"evkit: {args.url} closed the connection: {reason}{hint}", file=sys.stderr)
-        return 1
     except TimeoutError:
         print(f"evkit: {args.url} did not answer within {timeout:g} s", file=sys.stderr)
         return 1
@@ -395,11 +471,11 @@ def _record(args: argparse.Namespace) -> int:
     from evkit.client import Subscriber
     from evkit.recording import RecordingWriter
 
-    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
     writer = RecordingWriter(args.out)
 
     async def run() -> None:
         done = asyncio.Event()
+        began = time.monotonic()
 
         def on_event(event: dict[str, Any]) -> None:
             if args.count is not None and writer.count >= args.count:
@@ -409,32 +485,30 @@ def _record(args: argparse.Namespace) -> int:
                 done.set()
 
         subscriber = Subscriber(
-            args.url, patterns, args.correlation_id, on_event=on_event, token=args.token
+            args.url,
+            _patterns(args.patterns),
+            args.correlation_id,
+            on_event=on_event,
+            token=args.token,
         )
-        task = asyncio.ensure_future(subscriber.run())
-        began = time.monotonic()
-        deadline = None if args.seconds is None else began + args.seconds
+
+        def progress() -> None:
+            writer.flush()
+            elapsed = max(time.monotonic() - began, 1e-9)
+            stats = subscriber.stats()
+            print(
+                f"\rrecorded {writer.count:,} events ({writer.count / elapsed:,.0f}/s) "
+                f"state {stats['state']}, {stats['reconnects']} reconnects, {stats['gaps']} gaps",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
         try:
-            while not done.is_set() and not task.done():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), 0.5)
-                writer.flush()
-                elapsed = max(time.monotonic() - began, 1e-9)
-                stats = subscriber.stats
-                print(
-                    f"\rrecorded {writer.count:,} events ({writer.count / elapsed:,.0f}/s) "
-                    f"state {stats.state}, {stats.reconnects} reconnects, {stats.gaps} gaps",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            # No first-connection timeout: a recorder may be started before its server.
+            async with _running(subscriber, args.url, None) as running:
+                await _until(done, running, args.seconds, progress)
         finally:
-            await subscriber.stop()
-            if task.done() and not task.cancelled() and task.exception():
-                raise task.exception()  # type: ignore[misc]
-            task.cancel()
             print(file=sys.stderr)
 
     try:
@@ -446,60 +520,39 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from evkit.bus import Event
     from evkit.recording import read_events
 
     if args.speed <= 0:
         print("evkit: --speed must be positive", file=sys.stderr)
         return 2
-    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
-    events = read_events(args.file, patterns)
+    events = read_events(args.file, _patterns(args.patterns))
 
     async def run() -> int:
-        from websockets.asyncio.client import connect
-
-        sent = 0
-        # Subscribed to nothing: this connection only publishes.
-        async with connect(
-            f"{args.to}?eventTypes=", max_size=None, additional_headers=_auth(args.token)
-        ) as ws:
-            orjson.loads(await ws.recv())
-            loop = asyncio.get_running_loop()
+        publisher = _publisher(args.to, args.token, _CONNECT_TIMEOUT)
+        outbox = publisher.outbox
+        loop = asyncio.get_running_loop()
+        async with _running(publisher, args.to, _CONNECT_TIMEOUT):
             start = loop.time()
             first: int | None = None
-            batch: list[dict[str, Any]] = []
-            due = start
             for event in events:
                 timestamp = int(event.get("timestamp") or 0)
                 first = timestamp if first is None else first
-                at = start + (timestamp - first) / 1000.0 / args.speed
-                if batch and at > due:
-                    await _publish_batch(ws, batch, due, loop)
-                    sent += len(batch)
-                    batch = []
-                due = at
-                batch.append({"type": event["type"], "payload": event.get("payload") or {}})
-            if batch:
-                await _publish_batch(ws, batch, due, loop)
-                sent += len(batch)
-            # A ping answered means every publish before it was taken by the server.
-            await ws.send(orjson.dumps({"type": "ping", "payload": "replay-done"}).decode())
-            while True:
-                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-                if reply["type"] == "websocket.error":
-                    print(f"evkit: rejected: {reply['payload']['error']}", file=sys.stderr)
-                    return 1
-                if reply["type"] == "pong":
-                    break
-        print(f"replayed {sent:,} events to {args.to} at {args.speed:g}x")
+                delay = start + (timestamp - first) / 1000.0 / args.speed - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif outbox.appended % 1000 == 0:
+                    # Far behind the schedule: keep at most a window unconfirmed, so the
+                    # outbox never drops the oldest.
+                    await publisher.confirmed(outbox.appended - _REPLAY_WINDOW)
+                outbox.put(Event(event["type"], timestamp, event.get("payload") or {}))
+            # Confirmed: the server took every publish before the pong.
+            await asyncio.wait_for(publisher.confirmed(outbox.appended), 30)
+        rejected = _rejection(publisher)
+        if rejected is not None:
+            print(f"evkit: {rejected}", file=sys.stderr)
+            return 1
+        print(f"replayed {outbox.appended:,} events to {args.to} at {args.speed:g}x")
         return 0
 
     return asyncio.run(run())
-
-
-async def _publish_batch(
-    ws: Any, batch: list[dict[str, Any]], due: float, loop: asyncio.AbstractEventLoop
-) -> None:
-    delay = due - loop.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
-    await ws.send(orjson.dumps({"type": "publish", "payload": batch}).decode())

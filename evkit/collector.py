@@ -5,14 +5,16 @@ returns a :class:`Collector` at once (after the first connection is welcomed). E
 event is flattened on arrival into per-column lists (``id``, ``timestamp``, ``type``,
 ``correlation_id``, ``duration_ms`` and one list per payload key, nested keys joined
 by ``.``), so :meth:`Collector.to_dataframe` only converts what arrived since the
-previous call and appends it to the frame it already built. The buffer is bounded by
-``max_events``: the oldest events go first, and that is counted in ``stats``.
+previous call and appends it to the frame it already built (the columns and their
+conversion are :mod:`evkit.columns`). The buffer is bounded by ``buffer_size`` events:
+the oldest go first, and that is counted in ``stats()``.
 
 :func:`capture` is the same collector fed straight from the in-process bus, with no
 socket: for tests and quick looks.
 
 Methods are thread-safe; blocking ones (``wait``, ``subscribe``...) must not be called
-on evkit's loop thread. This module never imports the server.
+on evkit's loop thread, which they reach only through :mod:`evkit._loop`. This module
+never imports the server.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from typing import TYPE_CHECKING, Any, Self
 
 from evkit._loop import loop_thread
 from evkit.bus import Event, EventBus, global_bus
-from evkit.client import Subscriber
-from evkit.exceptions import WaitTimeout
+from evkit.client.deprecation import renamed_attribute, renamed_keyword
+from evkit.client.stats import Stats
+from evkit.client.subscriber import Subscriber
+from evkit.columns import FIXED_COLUMNS, ColumnBuffer, empty_frame
+from evkit.exceptions import ConnectError, WaitTimeout
 from evkit.patterns import validate_patterns
 from evkit.protocol import validate_correlation_id
 
@@ -41,131 +46,16 @@ __all__ = ["FIXED_COLUMNS", "Collector", "capture", "collect"]
 
 logger = logging.getLogger("evkit.collector")
 
-FIXED_COLUMNS = (
-    "id",
-    "timestamp",
-    "type",
-    "service",
-    "entity",
-    "action",
-    "correlation_id",
-    "duration_ms",
-)
-_FIXED = frozenset(FIXED_COLUMNS)
 _RECENT = 1_000
-
-
-def _flatten(payload: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for key, value in payload.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            _flatten(value, name + ".", out)
-        else:
-            out[name] = value
-
-
-class _ColumnBuffer:
-    """Rows not yet converted, one list per column; all lists always have equal length."""
-
-    def __init__(self) -> None:
-        self.ids: list[str | None] = []
-        self.timestamps: list[float] = []
-        self.types: list[str] = []
-        self.correlations: list[str | None] = []
-        self.durations: list[float] = []
-        self.payload: dict[str, list[Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def append(self, event: dict[str, Any]) -> None:
-        payload = event.get("payload")
-        if not isinstance(payload, dict):
-            payload = {}
-        rows = len(self.ids)
-        self.ids.append(event.get("id"))
-        timestamp = event.get("timestamp")
-        self.timestamps.append(
-            timestamp
-            if isinstance(timestamp, int | float) and not isinstance(timestamp, bool)
-            else float("nan")
-        )
-        self.types.append(event.get("type", ""))
-        correlation = payload.get("correlationId")
-        self.correlations.append(correlation if isinstance(correlation, str) else None)
-        duration = payload.get("duration")
-        self.durations.append(
-            float(duration)
-            if isinstance(duration, int | float) and not isinstance(duration, bool)
-            else float("nan")
-        )
-        if any(value.__class__ is dict for value in payload.values()):
-            flat: dict[str, Any] = {}
-            _flatten(payload, "", flat)
-        else:
-            flat = payload  # the common case: nothing nested, no copy
-        columns = self.payload
-        written = 0
-        for name, value in flat.items():
-            column = columns.get(name)
-            if column is None:
-                if name in _FIXED:
-                    name = f"payload.{name}"
-                    column = columns.get(name)
-                if column is None:
-                    column = columns[name] = [None] * rows
-            column.append(value)
-            written += 1
-        if written != len(columns):
-            for column in columns.values():
-                if len(column) == rows:
-                    column.append(None)
-
-    def drop_oldest(self, count: int) -> None:
-        for column in (self.ids, self.timestamps, self.types, self.correlations, self.durations):
-            del column[:count]
-        for column in self.payload.values():
-            del column[:count]
-
-    def to_frame(self) -> pd.DataFrame:
-        import numpy as np
-        import pandas as pd
-
-        parts = {}
-        for type_ in set(self.types):
-            segments = type_.split(".")
-            parts[type_] = (
-                segments[0],
-                ".".join(segments[1:-1]) if len(segments) > 2 else "",
-                segments[-1] if len(segments) > 1 else "",
-            )
-        data: dict[str, Any] = {
-            "id": pd.array(self.ids, dtype="string"),
-            "timestamp": pd.to_datetime(
-                np.asarray(self.timestamps, dtype="float64"), unit="ms", utc=True
-            ),
-            "type": pd.array(self.types, dtype="string"),
-            "service": pd.array([parts[t][0] for t in self.types], dtype="string"),
-            "entity": pd.array([parts[t][1] for t in self.types], dtype="string"),
-            "action": pd.array([parts[t][2] for t in self.types], dtype="string"),
-            "correlation_id": pd.array(self.correlations, dtype="string"),
-            "duration_ms": pd.array(self.durations, dtype="float64"),
-        }
-        for name, column in self.payload.items():
-            data[name] = column
-        return pd.DataFrame(data)
-
-
-def empty_frame() -> pd.DataFrame:
-    """A frame with the fixed columns and no rows."""
-    return _ColumnBuffer().to_frame()
+DEFAULT_BUFFER_SIZE = 1_000_000
 
 
 class Collector:
     """Events of one subscription, buffered and convertible to a DataFrame.
 
     Made by :func:`collect` (over WebSocket) or :func:`capture` (from the bus).
-    Use it as a context manager, or call :meth:`stop`.
+    Use it as a context manager, or call :meth:`stop`. ``buffer_size`` is the most
+    events held (``max_events``, its deprecated name, still works).
     """
 
     def __init__(
@@ -173,16 +63,21 @@ class Collector:
         source: str,
         patterns: Iterable[str],
         correlation_id: str | None,
-        max_events: int,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        max_events: int | None = None,
     ) -> None:
-        if not isinstance(max_events, int) or max_events < 1:
-            raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
+        buffer_size = renamed_keyword(
+            "Collector", "max_events", max_events, "buffer_size", buffer_size, DEFAULT_BUFFER_SIZE
+        )
+        if not isinstance(buffer_size, int) or buffer_size < 1:
+            raise ValueError(f"buffer_size must be a positive integer, got {buffer_size!r}")
         self.url = source
-        self.max_events = max_events
+        self.buffer_size = buffer_size
         self._patterns = validate_patterns(list(patterns))
         self._correlation_id = correlation_id
         self._lock = threading.Condition()
-        self._pending = _ColumnBuffer()
+        self._pending = ColumnBuffer()
         self._frame: pd.DataFrame | None = None
         self._frame_rows = 0
         self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
@@ -209,9 +104,9 @@ class Collector:
                 counts[event.get("type", "")] += 1
             self._recent.extend(events)
             self._received += len(events)
-            over = self._frame_rows + len(self._pending) - self.max_events
+            over = self._frame_rows + len(self._pending) - self.buffer_size
             # Trim in steps of a tenth, so dropping stays cheap per event.
-            if over > max(1, self.max_events // 10):
+            if over > max(1, self.buffer_size // 10):
                 self._drop_oldest(over)
             self._lock.notify_all()
         for listener in self._listeners:
@@ -249,7 +144,7 @@ class Collector:
 
     def __len__(self) -> int:
         with self._lock:
-            return min(self._frame_rows + len(self._pending), self.max_events)
+            return min(self._frame_rows + len(self._pending), self.buffer_size)
 
     def to_dataframe(self) -> pd.DataFrame:
         """The buffered events as a DataFrame (a new object each call; safe to modify).
@@ -264,13 +159,13 @@ class Collector:
         with self._lock:
             if len(self._pending):
                 chunk = self._pending.to_frame()
-                self._pending = _ColumnBuffer()
+                self._pending = ColumnBuffer()
                 if self._frame is None or not self._frame_rows:
                     self._frame = chunk
                 else:
                     self._frame = pd.concat([self._frame, chunk], ignore_index=True, sort=False)
                 self._frame_rows = len(self._frame)
-            over = self._frame_rows - self.max_events
+            over = self._frame_rows - self.buffer_size
             if over > 0:
                 self._drop_oldest(over)
             frame = self._frame if self._frame is not None else empty_frame()
@@ -287,20 +182,32 @@ class Collector:
             return list(self._recent)[-count:]
 
     @property
-    def stats(self) -> dict[str, Any]:
-        """Counts and state: received, held, dropped, reconnects, gaps, rate per second..."""
+    def max_events(self) -> int:
+        """Deprecated name of :attr:`buffer_size`."""
+        renamed_attribute("Collector", "max_events", "buffer_size")
+        return self.buffer_size
+
+    @property
+    def stats(self) -> Stats:
+        """Counts and state; call it (``col.stats()``) for a plain dict.
+
+        ``state`` (running, failed or stopped), ``received``, ``held``, ``dropped``
+        (pushed out of a full buffer), ``rate`` per second, ``types`` (count per event
+        type), ``reconnects``, ``replayed``, ``gaps``; over WebSocket also
+        ``connection`` (the subscriber's state), ``last_id`` and ``last_error``.
+        """
         with self._lock:
             rows = self._frame_rows + len(self._pending)
-            return {
-                "state": self._state,
-                "received": self._received,
-                "held": min(rows, self.max_events),
-                # Rows past max_events are trimmed lazily but already count as dropped.
-                "dropped": self._dropped + max(0, rows - self.max_events),
-                "rate": self._rate(),
-                "types": dict(self._type_counts),
+            return Stats(
+                state=self._state,
+                received=self._received,
+                held=min(rows, self.buffer_size),
+                # Rows past buffer_size are trimmed lazily but already count as dropped.
+                dropped=self._dropped + max(0, rows - self.buffer_size),
+                rate=self._rate(),
+                types=dict(self._type_counts),
                 **self._connection_stats(),
-            }
+            )
 
     def _connection_stats(self) -> dict[str, Any]:
         return {"reconnects": 0, "replayed": 0, "gaps": 0}
@@ -335,14 +242,14 @@ class Collector:
         Raises:
             WaitTimeout: not enough events in ``timeout`` seconds; the message says how
                 many arrived, of which types, and the connection's state.
-            ValueError: ``count`` exceeds ``max_events`` (it could never be reached).
+            ValueError: ``count`` exceeds ``buffer_size`` (it could never be reached).
         """
         with self._lock:
             target = self._received + 1 if count is None else count
-            if count is not None and count > self.max_events:
+            if count is not None and count > self.buffer_size:
                 raise ValueError(
                     f"wait(count={count}) can never be satisfied: this collector holds at "
-                    f"most max_events={self.max_events} events"
+                    f"most buffer_size={self.buffer_size} events"
                 )
 
             def held() -> int:
@@ -403,14 +310,15 @@ class Collector:
     def clear(self) -> None:
         """Forget every buffered event (counters other than ``held`` are kept)."""
         with self._lock:
-            self._pending = _ColumnBuffer()
+            self._pending = ColumnBuffer()
             self._frame = None
             self._frame_rows = 0
             self._recent.clear()
 
     def stop(self) -> None:
         """Stop receiving. The buffered events stay readable."""
-        self._state = "stopped"
+        with self._lock:
+            self._state = "stopped"
 
     def __enter__(self) -> Self:
         return self
@@ -419,7 +327,7 @@ class Collector:
         self.stop()
 
     def __repr__(self) -> str:
-        stats = self.stats
+        stats = self.stats()
         return (
             f"<evkit.Collector {self.url} patterns={self._patterns} "
             f"held={stats['held']} state={stats['state']}>"
@@ -428,13 +336,13 @@ class Collector:
     def _repr_html_(self) -> str:
         from html import escape
 
-        stats = self.stats
+        stats = self.stats()
         rows = [
             ("source", self.url),
             ("patterns", ", ".join(self._patterns)),
             ("correlation", self._correlation_id or "all"),
             ("state", stats["state"]),
-            ("events held", f"{stats['held']:,} of at most {self.max_events:,}"),
+            ("events held", f"{stats['held']:,} of at most {self.buffer_size:,}"),
             ("received", f"{stats['received']:,}"),
             ("rate", f"{stats['rate']:.1f} /s"),
             ("dropped (buffer full)", f"{stats['dropped']:,}"),
@@ -457,7 +365,7 @@ class WebSocketCollector(Collector):
         url: str,
         patterns: Iterable[str],
         correlation_id: str | None,
-        max_events: int,
+        buffer_size: int,
         connect_timeout: float,
         *,
         since: str | None = None,
@@ -465,58 +373,48 @@ class WebSocketCollector(Collector):
         batch: tuple[int, float] | None = (1000, 20.0),
         token: str | None = None,
     ) -> None:
-        super().__init__(url, patterns, correlation_id, max_events)
+        super().__init__(url, patterns, correlation_id, buffer_size)
         self._loop_thread = loop_thread()
-        self._subscriber: Subscriber | None = None
+        self._subscriber = Subscriber(
+            url,
+            self._patterns,
+            correlation_id,
+            on_event=self._ingest,
+            on_events=self._ingest_many,
+            since=since,
+            epoch=epoch,
+            batch=batch,
+            token=token,
+        )
+        subscriber = self._subscriber
 
-        async def start() -> Subscriber:
-            subscriber = Subscriber(
-                url,
-                self._patterns,
-                correlation_id,
-                on_event=self._ingest,
-                on_events=self._ingest_many,
-                since=since,
-                epoch=epoch,
-                batch=batch,
-                token=token,
-            )
-            self._task = self._loop_thread.loop.create_task(subscriber.run())
-            self._task.add_done_callback(self._on_done)
-            welcomed = self._loop_thread.loop.create_task(subscriber._connected.wait())
-            await asyncio.wait(
-                (welcomed, self._task), timeout=connect_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            welcomed.cancel()
-            if self._task.done():
-                self._task.result()  # raises what ended the subscriber (a refused subscription)
-            if not subscriber.connected:
+        async def started() -> None:
+            task = asyncio.create_task(subscriber.run())
+            task.add_done_callback(self._on_done)
+            # Raises what ended the subscriber (a refused subscription).
+            if not await subscriber.connection.wait_started(task, connect_timeout):
                 await subscriber.stop()
-                raise ConnectionError(
+                raise ConnectError(
                     f"could not connect to {url} within {connect_timeout:g} s "
-                    f"({subscriber.stats.last_error or 'no answer'}); is the server running?"
+                    f"({subscriber.stats()['last_error'] or 'no answer'}); is the server running?"
                 )
-            return subscriber
 
-        self._subscriber = self._loop_thread.run(start(), timeout=connect_timeout + 5)
+        self._loop_thread.run(started(), timeout=connect_timeout + 5)
 
-    def _on_done(self, task: Any) -> None:
+    def _on_done(self, task: asyncio.Task[None]) -> None:
         with self._lock:
             if self._state != "stopped":
                 self._state = "failed" if not task.cancelled() and task.exception() else "stopped"
 
     def _connection_stats(self) -> dict[str, Any]:
-        subscriber = self._subscriber
-        if subscriber is None:
-            return super()._connection_stats()
-        stats = subscriber.stats
+        stats = self._subscriber.stats()
         return {
-            "connection": stats.state,
-            "reconnects": stats.reconnects,
-            "replayed": stats.replayed,
-            "gaps": stats.gaps,
-            "last_id": stats.last_id,
-            "last_error": stats.last_error,
+            "connection": stats["state"],
+            "reconnects": stats["reconnects"],
+            "replayed": stats["replayed"],
+            "gaps": stats["gaps"],
+            "last_id": stats["last_id"],
+            "last_error": stats["last_error"],
         }
 
     def subscribe(
@@ -526,9 +424,8 @@ class WebSocketCollector(Collector):
 
         Raises:
             InvalidPatternError, ProtocolError: rejected (nothing changed).
-            ConnectionError: not connected right now.
+            ConnectError: not connected right now (a ConnectionError).
         """
-        assert self._subscriber is not None
         reply = self._loop_thread.run(
             self._subscriber.subscribe(patterns, replace=replace, timeout=timeout), timeout + 1
         )
@@ -536,15 +433,13 @@ class WebSocketCollector(Collector):
         return self.patterns
 
     def unsubscribe(self, patterns: Iterable[str], timeout: float = 10.0) -> list[str]:
-        """Remove patterns; returns the set now held."""
-        assert self._subscriber is not None
+        """Remove patterns; returns the set now held (raises as :meth:`subscribe`)."""
         reply = self._loop_thread.run(self._subscriber.unsubscribe(patterns, timeout), timeout + 1)
         self._patterns = list(reply["subscriptions"])
         return self.patterns
 
     def set_correlation(self, correlation_id: str | None, timeout: float = 10.0) -> None:
         """Receive only events of ``correlation_id`` from now on (None: all)."""
-        assert self._subscriber is not None
         self._loop_thread.run(
             self._subscriber.subscribe([], correlation_id=correlation_id, timeout=timeout),
             timeout + 1,
@@ -553,14 +448,14 @@ class WebSocketCollector(Collector):
 
     def drop_connection(self) -> None:
         """Cut the connection abruptly (it reconnects and resumes); for tests and drills."""
-        assert self._subscriber is not None
         self._loop_thread.run(self._subscriber.drop_connection(), 5)
 
     def stop(self) -> None:
-        if self._state == "stopped":
-            return
+        with self._lock:
+            if self._state == "stopped":
+                return
         super().stop()
-        if self._subscriber is not None and self._loop_thread.alive:
+        if self._loop_thread.alive:
             self._loop_thread.run(self._subscriber.stop(), 10)
 
 
@@ -568,9 +463,9 @@ class BusCollector(Collector):
     """A collector fed straight from an in-process :class:`~evkit.bus.EventBus`."""
 
     def __init__(
-        self, bus: EventBus, patterns: Iterable[str], correlation_id: str | None, max_events: int
+        self, bus: EventBus, patterns: Iterable[str], correlation_id: str | None, buffer_size: int
     ) -> None:
-        super().__init__("in-process bus", patterns, correlation_id, max_events)
+        super().__init__("in-process bus", patterns, correlation_id, buffer_size)
         self._bus = bus
         for pattern in self._patterns:
             bus.on(pattern, self._on_event)
@@ -617,31 +512,38 @@ def collect(
     url_or_server: Any,
     patterns: Iterable[str] = ("*",),
     correlation_id: str | None = None,
-    max_events: int = 1_000_000,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
     *,
     connect_timeout: float = 10.0,
     since: str | None = None,
     epoch: str | None = None,
     batch: tuple[int, float] | None = (1000, 20.0),
     token: str | None = None,
+    max_events: int | None = None,
 ) -> WebSocketCollector:
     """Subscribe to a broadcaster and buffer what arrives; returns once connected.
 
     ``url_or_server`` is a ``ws://.../ws/events`` URL or a server handle (anything with
     a ``url``). The subscription (patterns and correlation filter) applies from the
     first event. The collector reconnects and resumes on its own when the connection
-    drops. ``since`` (an event id, with the ``epoch`` it came from when known) starts
-    with the history after it: a collector can pick up where a saved one stopped.
-    ``batch`` is ``(maxEvents, maxDelayMs)`` for batched delivery (the default: up to
-    1,000 events a frame, held at most 20 ms); None asks for one frame per event.
-    ``token`` authenticates to a server with auth on (default: ``$EVKIT_TOKEN``).
+    drops. ``buffer_size`` is the most events held; past it the oldest go (counted in
+    ``stats()["dropped"]``); ``max_events`` is its deprecated name. ``since`` (an event
+    id, with the ``epoch`` it came from when known) starts with the history after it:
+    a collector can pick up where a saved one stopped. ``batch`` is
+    ``(maxEvents, maxDelayMs)`` for batched delivery (the default: up to 1,000 events a
+    frame, held at most 20 ms); None asks for one frame per event. ``token``
+    authenticates to a server with auth on (default: ``$EVKIT_TOKEN``).
 
     Raises:
         ValueError: the URL is not a ``ws://`` or ``wss://`` URL.
         InvalidPatternError: a pattern is malformed.
         ProtocolError: the server refused the subscription.
-        ConnectionError: no connection within ``connect_timeout`` seconds.
+        ConnectError: no connection within ``connect_timeout`` seconds (a
+            ConnectionError).
     """
+    buffer_size = renamed_keyword(
+        "collect", "max_events", max_events, "buffer_size", buffer_size, DEFAULT_BUFFER_SIZE
+    )
     url = getattr(url_or_server, "url", url_or_server)
     if not isinstance(url, str):
         raise TypeError(
@@ -657,7 +559,7 @@ def collect(
         url,
         patterns,
         correlation_id,
-        max_events,
+        buffer_size,
         connect_timeout,
         since=since,
         epoch=epoch,
@@ -669,17 +571,22 @@ def collect(
 def capture(
     patterns: Iterable[str] = ("*",),
     correlation_id: str | None = None,
-    max_events: int = 1_000_000,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
     *,
     bus: EventBus | None = None,
+    max_events: int | None = None,
 ) -> BusCollector:
     """Collect events straight from the in-process bus (no server, no socket).
 
     Events emitted after this call are captured synchronously on the emitting thread,
-    so ``to_dataframe()`` sees them as soon as ``emit()`` returns.
+    so ``to_dataframe()`` sees them as soon as ``emit()`` returns. ``buffer_size`` as
+    for :func:`collect`.
     """
+    buffer_size = renamed_keyword(
+        "capture", "max_events", max_events, "buffer_size", buffer_size, DEFAULT_BUFFER_SIZE
+    )
     if isinstance(patterns, str):
         patterns = [patterns]
     return BusCollector(
-        bus if bus is not None else global_bus, patterns, correlation_id, max_events
+        bus if bus is not None else global_bus, patterns, correlation_id, buffer_size
     )

@@ -167,9 +167,9 @@ def load(
     Same columns and dtypes as :meth:`evkit.Collector.to_dataframe`; filters as in
     :func:`read_events`.
     """
-    from evkit.collector import _ColumnBuffer
+    from evkit.columns import ColumnBuffer
 
-    buffer = _ColumnBuffer()
+    buffer = ColumnBuffer()
     for event in read_events(source, patterns, correlation_id, since, until):
         buffer.append(event)
     return buffer.to_frame()

@@ -15,6 +15,15 @@ def evkit_command(*args: str, timeout: float = 120) -> subprocess.CompletedProce
     )
 
 
+def start_tail(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "evkit", "tail", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_demo_prints_the_bottleneck_report_and_writes_the_charts(tmp_path: Path) -> None:
     result = evkit_command("demo", "--seconds", "2", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -34,23 +43,7 @@ def test_demo_prints_the_bottleneck_report_and_writes_the_charts(tmp_path: Path)
 
 
 def test_tail_prints_events_then_exits_after_count(server: evkit.Server) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "evkit",
-            "tail",
-            server.url,
-            "--patterns",
-            "repo.*",
-            "--count",
-            "2",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_tail(server.url, "--patterns", "repo.*", "--count", "2", "--json")
     try:
         assert process.stdout is not None
         welcome = process.stdout.readline()  # connected: the subscription is in place
@@ -68,6 +61,52 @@ def test_tail_prints_events_then_exits_after_count(server: evkit.Server) -> None
         assert process.returncode == 0
     finally:
         process.kill()
+
+
+def test_tail_prints_one_line_per_message_without_a_correlation_id(server: evkit.Server) -> None:
+    # The welcome carries correlationId null: it once crashed the line formatter.
+    process = start_tail(server.url, "--patterns", "repo.*", "--count", "2")
+    try:
+        assert process.stdout is not None
+        welcome = process.stdout.readline()
+        assert "websocket.connected" in welcome, process.stderr and process.stderr.read()
+        evkit.emit("repo.commit.created", {"n": 1}, correlation_id="req-7")
+        evkit.emit("repo.push.completed", {"n": 2})
+        evkit.flush()
+        out, err = process.communicate(timeout=20)
+        assert process.returncode == 0, err
+        assert "Traceback" not in err
+        first, second = out.strip().splitlines()
+        assert "repo.commit.created" in first
+        assert "req-7" in first
+        assert '{"n":1' in first
+        assert "repo.push.completed" in second
+    finally:
+        process.kill()
+
+
+def test_one_line_leaves_a_missing_or_null_correlation_id_blank() -> None:
+    from evkit.cli import _one_line
+
+    welcome = {
+        "type": "websocket.connected",
+        "timestamp": 0,
+        "payload": {"clientId": "ws-1", "correlationId": None, "subscriptions": ["*"]},
+    }
+    line = _one_line(welcome)
+    assert "websocket.connected" in line
+    assert "None" not in line.split('{"clientId"')[0]
+    event = {"type": "a.b.c", "timestamp": 0, "id": "7", "payload": {"correlationId": "r-1"}}
+    assert " r-1 " in _one_line(event)
+    assert "      7 a.b.c" in _one_line(event)
+
+
+def test_tail_without_a_server_says_so_in_one_line() -> None:
+    # The discard port: nothing listens. The first connection has a deadline (10 s).
+    result = evkit_command("tail", "ws://127.0.0.1:9/ws/events", timeout=30)
+    assert result.returncode == 1
+    assert "evkit: ws://127.0.0.1:9/ws/events did not answer" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_usage_errors_are_one_line_messages() -> None:

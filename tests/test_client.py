@@ -18,7 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import evkit
-from evkit.client import Subscriber
+from evkit.client import Subscriber, SubscriberStats
+from evkit.exceptions import ConnectError
 
 TIMEOUT = 10.0
 
@@ -167,10 +168,10 @@ def test_connect_url_carries_the_subscription_then_the_resume_point(server: evki
             assert query["correlationId"] == ["req-1"]
             assert query["since"] == [sink.events[-1]["id"]]
             assert query["epoch"] == [server.stats()["epoch"]]
-            assert sub.stats.received == 2
-            assert sub.stats.state == "connected"
+            assert sub.counters.received == 2
+            assert sub.counters.state == "connected"
             assert sink.kinds()[0] == "websocket.connected"
-        assert sub.stats.state == "stopped"
+        assert sub.counters.state == "stopped"
 
     asyncio.run(scenario())
 
@@ -196,6 +197,29 @@ def test_subscribe_changes_what_the_next_connection_asks_for(server: evkit.Serve
     asyncio.run(scenario())
 
 
+def test_stats_is_a_plain_dict_any_thread_may_read(server: evkit.Server) -> None:
+    async def scenario() -> None:
+        sink = Sink()
+        sub = sink.subscriber(server.url, ["repo.*"])
+        async with running(sub):
+            await sub.wait_connected(TIMEOUT)
+            emit_sequence(0, 3)
+            await sink.until(lambda: len(sink.events) == 3)
+            # Read on another thread, as a collector does: the snapshot published after
+            # the last message.
+            stats = await asyncio.to_thread(sub.stats)
+            assert type(stats) is dict
+            assert stats["received"] == 3
+            assert stats["state"] == "connected"
+            assert stats["last_id"] == sink.events[-1]["id"]
+            assert stats["client_id"] == sink.messages[0]["payload"]["clientId"]
+            counters = sub.counters
+            assert isinstance(counters, SubscriberStats)
+            assert (counters.received, counters.last_id) == (3, stats["last_id"])
+
+    asyncio.run(scenario())
+
+
 # -- resuming after a dropped connection -----------------------------------------------------
 
 
@@ -216,7 +240,7 @@ def test_resume_beyond_history_is_counted_as_a_gap() -> None:
                 await sink.until(lambda: "websocket.replayed" in sink.kinds())
                 await sink.until(lambda: sub.connected)
 
-                stats = sub.stats
+                stats = sub.counters
                 assert stats.gaps == 1
                 assert len(stats.gap_reports) == 1
                 assert stats.gap_reports[0]["complete"] is False
@@ -250,7 +274,7 @@ def test_resume_within_history_delivers_every_event_exactly_once(server: evkit.S
             assert sink.seqs == list(range(60))
             ids = [int(event["id"]) for event in sink.events]
             assert all(a < b for a, b in itertools.pairwise(ids))
-            stats = sub.stats
+            stats = sub.counters
             assert stats.gaps == 0
             assert stats.gap_reports == []
             assert stats.replayed == 50
@@ -274,8 +298,8 @@ def test_drop_before_the_first_event_still_resumes(server: evkit.Server) -> None
             await sink.until(lambda: "websocket.replayed" in sink.kinds())
             await sink.until(lambda: len(sink.events) >= 20)
             assert sink.seqs == list(range(20))
-            assert sub.stats.replayed == 20
-            assert sub.stats.gaps == 0
+            assert sub.counters.replayed == 20
+            assert sub.counters.gaps == 0
 
     asyncio.run(scenario())
 
@@ -296,7 +320,7 @@ def test_a_handshake_cut_before_any_http_is_retried(server: evkit.Server) -> Non
                 assert not task.done(), f"run() ended: {task.exception()!r}"
                 assert sub.connected
                 assert door.accepted == 3
-                assert sub.stats.reconnects == 2
+                assert sub.counters.reconnects == 2
                 emit_sequence(0, 3)
                 await sink.until(lambda: len(sink.events) == 3)
 
@@ -315,7 +339,7 @@ def test_stop_during_the_handshake_ends_run(server: evkit.Server) -> None:
                 door.gate.set()
                 done, _ = await asyncio.wait({task}, timeout=3)
                 assert task in done, "run() went on receiving after stop()"
-                assert sub.stats.state == "stopped"
+                assert sub.counters.state == "stopped"
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -336,7 +360,7 @@ def test_refused_subscription_makes_run_raise_protocol_error(server: evkit.Serve
         assert info.value.code == "invalid_pattern"
         assert "refused" in str(info.value)
         assert "bad pattern" in str(info.value)
-        assert sub.stats.state == "stopped"
+        assert sub.counters.state == "stopped"
         assert sink.events == []
 
     asyncio.run(scenario())
@@ -350,8 +374,9 @@ def test_client_validates_patterns_before_connecting() -> None:
 def test_subscribe_when_not_connected_is_a_connection_error() -> None:
     async def scenario() -> None:
         sub = Subscriber("ws://127.0.0.1:1/ws/events", ["repo.*"], on_event=lambda event: None)
-        with pytest.raises(ConnectionError, match=r"ws://127\.0\.0\.1:1/ws/events"):
+        with pytest.raises(ConnectionError, match=r"ws://127\.0\.0\.1:1/ws/events") as info:
             await sub.subscribe(["claude.*"], timeout=1)
+        assert isinstance(info.value, ConnectError)
         with pytest.raises(ConnectionError):
             await sub.unsubscribe(["repo.*"], timeout=1)
 
@@ -401,16 +426,16 @@ def test_after_resuming_into_a_new_stream_a_later_drop_loses_nothing() -> None:
                 await asyncio.to_thread(first.stop)
                 await sink.until(lambda: not sub.connected)
                 servers.append(evkit.serve(port=port))
-                await sink.until(lambda: sub.connected and sub.stats.gaps == 1)
+                await sink.until(lambda: sub.connected and sub.counters.gaps == 1)
                 await sink.until(lambda: "websocket.replayed" in sink.kinds())
-                assert sub.stats.epoch == servers[1].stats()["epoch"]
+                assert sub.counters.epoch == servers[1].stats()["epoch"]
 
                 await sub.drop_connection()
                 emit_sequence(30, 35)  # ids 1-5 of the new stream, while away
                 await sink.until(lambda: sink.kinds().count("websocket.replayed") == 2)
                 await sink.until(lambda: len(sink.events) >= 35)
                 assert sink.seqs == list(range(35))
-                assert sub.stats.gaps == 1
+                assert sub.counters.gaps == 1
 
         asyncio.run(scenario())
     finally:
@@ -445,7 +470,7 @@ def test_a_gap_is_counted_even_when_the_connection_drops_before_the_replay_ends(
             sub.on_event = on_event
             async with running(sub):
                 await sink.until(lambda: "websocket.replayed" in sink.kinds(), timeout=30)
-                stats = sub.stats
+                stats = sub.counters
                 assert stats.reconnects == 1
                 assert stats.gaps == 1, stats.gap_reports
                 assert stats.gap_reports[0]["reason"] == "trimmed"
@@ -459,3 +484,26 @@ def test_a_gap_is_counted_even_when_the_connection_drops_before_the_replay_ends(
         asyncio.run(scenario())
     finally:
         srv.stop()
+
+
+def test_a_message_that_is_not_a_json_object_ends_run_with_a_protocol_error() -> None:
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def garbling(ws: ServerConnection) -> None:
+        await ws.send('{"type":"websocket.connected","timestamp":1,"payload":{"clientId":"ws-1"}}')
+        await ws.send("[1, 2]")
+        await ws.wait_closed()
+
+    async def scenario() -> None:
+        async with serve(garbling, "127.0.0.1", 0) as garbler:
+            port = garbler.sockets[0].getsockname()[1]
+            sink = Sink()
+            sub = sink.subscriber(f"ws://127.0.0.1:{port}/ws/events", ["*"])
+            with pytest.raises(evkit.ProtocolError) as info:
+                await asyncio.wait_for(sub.run(), TIMEOUT)
+            assert info.value.code == "invalid_message"
+            assert "not an object" in str(info.value)
+            assert sink.kinds() == ["websocket.connected"]
+            assert sub.stats()["state"] == "stopped"
+
+    asyncio.run(scenario())

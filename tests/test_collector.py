@@ -9,7 +9,6 @@ emitted has arrived, every earlier one that matched has arrived too.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import socket
 import threading
@@ -21,8 +20,10 @@ import pandas as pd
 import pytest
 
 import evkit
-from evkit.collector import FIXED_COLUMNS
+from evkit.collector import FIXED_COLUMNS, Collector
+from evkit.exceptions import ConnectError
 from evkit.testing import wait_until
+from tests.test_columns import assert_fixed_dtypes
 
 TIMEOUT = 10.0
 
@@ -168,11 +169,11 @@ def test_wait_timeout_says_how_many_arrived_and_their_types(server: evkit.Server
             col.wait(timeout=0.2)
 
 
-def test_wait_for_more_than_max_events_is_a_value_error(server: evkit.Server) -> None:
-    with evkit.collect(server, max_events=10) as col:
-        with pytest.raises(ValueError, match="max_events=10"):
+def test_wait_for_more_than_buffer_size_is_a_value_error(server: evkit.Server) -> None:
+    with evkit.collect(server, buffer_size=10) as col:
+        with pytest.raises(ValueError, match="buffer_size=10"):
             col.wait(count=11, timeout=0.1)
-        # Exactly max_events is reachable, so it is a valid wait.
+        # Exactly buffer_size is reachable, so it is a valid wait.
         emit_all([("repo.a.b", {"n": n}, None) for n in range(10)])
         col.wait(count=10, timeout=TIMEOUT)
 
@@ -220,7 +221,7 @@ def test_wait_for_raises_wait_timeout_when_nothing_matches(server: evkit.Server)
 
 
 def test_bounded_buffer_keeps_exactly_the_newest_events(server: evkit.Server) -> None:
-    with evkit.collect(server, ["bulk.*"], max_events=100) as col:
+    with evkit.collect(server, ["bulk.*"], buffer_size=100) as col:
         emit_all([("bulk.item.created", {"seq": n}, None) for n in range(1000)])
         last = col.wait_for(lambda e: e["payload"]["seq"] == 999, timeout=TIMEOUT)
         stats = col.stats
@@ -242,7 +243,7 @@ def test_bounded_buffer_keeps_exactly_the_newest_events(server: evkit.Server) ->
 
 
 def test_bounded_buffer_trims_an_already_converted_frame_too() -> None:
-    with evkit.capture(["bulk.*"], max_events=100) as col:
+    with evkit.capture(["bulk.*"], buffer_size=100) as col:
         for n in range(60):
             evkit.emit("bulk.item.created", {"seq": n})
         assert list(col.to_dataframe()["seq"]) == list(range(60))
@@ -283,6 +284,40 @@ def test_stats_counters(server: evkit.Server) -> None:
         stats = col.stats
         assert (stats["received"], stats["held"]) == (5, 0)
         assert len(col.to_dataframe()) == 0
+
+
+def test_stats_is_called_for_a_plain_dict_and_still_reads_as_one() -> None:
+    with evkit.capture(["repo.*"]) as col:
+        evkit.emit("repo.a.b", {"n": 0})
+        stats = col.stats()
+        assert type(stats) is dict
+        assert stats["received"] == 1
+        assert col.stats["received"] == 1  # the documented older form
+        assert isinstance(col.stats, dict)
+
+
+def test_max_events_still_works_with_a_deprecation_warning(server: evkit.Server) -> None:
+    with pytest.warns(DeprecationWarning, match=r"max_events.*buffer_size=10") as warned:
+        col = evkit.collect(server, max_events=10)
+    assert warned[0].filename == __file__  # attributed to the caller, so it is shown
+    with col:
+        assert col.buffer_size == 10
+        with pytest.warns(DeprecationWarning, match="buffer_size"):
+            assert col.max_events == 10
+    with pytest.warns(DeprecationWarning, match="capture"):
+        captured = evkit.capture(["x.*"], max_events=5)
+    assert captured.buffer_size == 5
+    captured.stop()
+    with pytest.warns(DeprecationWarning, match=r"Collector\(max_events"):
+        assert Collector("x", ["*"], None, max_events=7).buffer_size == 7
+    with (
+        pytest.warns(DeprecationWarning, match="max_events"),
+        pytest.raises(TypeError, match="both"),
+    ):
+        evkit.capture(["x.*"], buffer_size=3, max_events=5)
+    # The fourth positional argument is the same bound under its new name.
+    with evkit.capture(["x.*"], None, 4) as positional:
+        assert positional.buffer_size == 4
 
 
 # -- reconnecting ------------------------------------------------------------------------------
@@ -368,6 +403,21 @@ def test_nothing_listening_is_a_quick_connection_error_naming_the_url(free_port:
         evkit.collect(url, connect_timeout=1)
     assert time.monotonic() - started < 4
     assert url in str(info.value)
+    assert isinstance(info.value, ConnectError)  # evkit's own, under EvkitError
+
+
+def test_changing_the_subscription_while_disconnected_is_a_connect_error() -> None:
+    srv = evkit.serve(port=0)
+    try:
+        with evkit.collect(srv, ["repo.*"]) as col:
+            srv.stop()
+            wait_until(lambda: col.stats()["connection"] != "connected", "the collector noticed")
+            with pytest.raises(ConnectError, match="not connected") as info:
+                col.subscribe(["claude.*"], timeout=1)
+            assert isinstance(info.value, ConnectionError)
+            assert col.patterns == ["repo.*"]
+    finally:
+        srv.stop()
 
 
 def test_bad_pattern_is_an_invalid_pattern_error(server: evkit.Server) -> None:
@@ -386,7 +436,7 @@ def test_collect_needs_a_url_or_a_server() -> None:
 
 
 def test_repr_html_shows_url_patterns_and_counts(server: evkit.Server) -> None:
-    with evkit.collect(server, ["repo.*", "claude.*"], max_events=50) as col:
+    with evkit.collect(server, ["repo.*", "claude.*"], buffer_size=50) as col:
         emit_all([("repo.a.b", {}, None)] * 3)
         col.wait(count=3, timeout=TIMEOUT)
         html = col._repr_html_()
@@ -412,112 +462,7 @@ def test_context_manager_stops_the_collector(server: evkit.Server) -> None:
     col.stop()  # stopping twice is harmless
 
 
-# -- DataFrame shape ---------------------------------------------------------------------------
-
-SHAPE_PAYLOAD: dict[str, Any] = {
-    "z": 1,
-    "a": {"b": 1, "c": {"d": "deep"}},
-    "type": "payload type",
-    "id": "payload id",
-    "duration": 12.5,
-    "m": "text",
-}
-SHAPE_COLUMNS = [
-    *FIXED_COLUMNS,
-    "z",
-    "a.b",
-    "a.c.d",
-    "payload.type",
-    "payload.id",
-    "duration",
-    "m",
-    "correlationId",
-]
-
-
-def assert_fixed_dtypes(df: pd.DataFrame) -> None:
-    timestamp = df["timestamp"].dtype
-    assert isinstance(timestamp, pd.DatetimeTZDtype), timestamp
-    assert str(timestamp.tz) == "UTC"
-    assert df["duration_ms"].dtype == "float64"
-    for name in ("id", "type", "service", "entity", "action", "correlation_id"):
-        assert isinstance(df[name].dtype, pd.StringDtype), (name, df[name].dtype)
-
-
-def test_empty_frame_has_the_fixed_columns_and_dtypes() -> None:
-    with evkit.capture(["never.*"]) as col:
-        df = col.to_dataframe()
-    assert list(df.columns) == list(FIXED_COLUMNS)
-    assert len(df) == 0
-    assert_fixed_dtypes(df)
-
-
-def test_frame_columns_order_names_and_dtypes() -> None:
-    with evkit.capture(["shape.*"]) as col:
-        event = evkit.emit("shape.op.completed", SHAPE_PAYLOAD, correlation_id="c1")
-        evkit.emit("shape.op.started", {"m": "second"})
-        df = col.to_dataframe()
-    assert list(df.columns) == SHAPE_COLUMNS
-    assert_fixed_dtypes(df)
-    first = df.iloc[0]
-    assert first["timestamp"] == pd.Timestamp(event.timestamp, unit="ms", tz="UTC")
-    assert first["type"] == "shape.op.completed"
-    assert (first["service"], first["entity"], first["action"]) == ("shape", "op", "completed")
-    assert first["correlation_id"] == "c1"
-    assert first["duration_ms"] == 12.5
-    assert (first["a.b"], first["a.c.d"]) == (1, "deep")
-    assert (first["payload.type"], first["payload.id"]) == ("payload type", "payload id")
-    second = df.iloc[1]
-    assert pd.isna(second["correlation_id"])
-    assert math.isnan(second["duration_ms"])
-    assert pd.isna(second["z"])
-    assert second["m"] == "second"
-
-
-def test_type_segments_become_service_entity_action() -> None:
-    with evkit.capture(["*"]) as col:
-        for type_ in ("a.b.c", "a.b.c.d", "a.b"):
-            evkit.emit(type_)
-        df = col.to_dataframe()
-    assert list(df["service"]) == ["a", "a", "a"]
-    assert list(df["entity"]) == ["b", "b.c", ""]
-    assert list(df["action"]) == ["c", "d", "b"]
-
-
-def test_duration_ms_is_nan_where_absent_or_not_a_number() -> None:
-    with evkit.capture(["op.*"]) as col:
-        evkit.emit("op.x.completed", {"duration": 5})
-        evkit.emit("op.x.completed", {})
-        evkit.emit("op.x.completed", {"duration": "slow"})
-        evkit.emit("op.x.completed", {"duration": True})
-        evkit.emit("op.x.completed", {"duration": 0.25})
-        df = col.to_dataframe()
-    assert df["duration_ms"].dtype == "float64"
-    values = list(df["duration_ms"])
-    assert values[0] == 5.0
-    assert math.isnan(values[1])
-    assert math.isnan(values[2])
-    assert math.isnan(values[3])
-    assert values[4] == 0.25
-
-
-def test_mixed_payloads_missing_keys_are_na_and_differing_types_are_kept() -> None:
-    with evkit.capture(["mix.*"]) as col:
-        evkit.emit("mix.a.b", {"x": 1, "y": "one"})
-        evkit.emit("mix.a.b", {"y": 2, "w": True})
-        evkit.emit("mix.a.b", {})
-        df = col.to_dataframe()
-    assert list(df.columns) == [*FIXED_COLUMNS, "x", "y", "w"]
-    assert df["x"].iloc[0] == 1
-    assert df["x"].iloc[1:].isna().all()
-    assert df["y"].dtype == object
-    assert df["y"].iloc[0] == "one"
-    assert df["y"].iloc[1] == 2
-    assert type(df["y"].iloc[1]) is int
-    assert pd.isna(df["y"].iloc[2])
-    assert pd.isna(df["w"].iloc[0])
-    assert df["w"].iloc[1] == True  # noqa: E712 (a numpy or Python bool)
-    assert pd.isna(df["w"].iloc[2])
+# -- incremental conversion ------------------------------------------------------------------
 
 
 def test_incremental_conversion_keeps_every_row() -> None:
@@ -564,25 +509,6 @@ def test_capture_stop_stops_receiving() -> None:
     assert col.stats["state"] == "stopped"
     assert col.stats["received"] == 1
     assert list(col.to_dataframe()["n"]) == [0]
-
-
-def test_socket_frame_has_the_same_shape_as_captured(server: evkit.Server) -> None:
-    with evkit.collect(server, ["shape.*"]) as col, evkit.capture(["shape.*"]) as local:
-        emit_all(
-            [
-                ("shape.op.completed", SHAPE_PAYLOAD, "c1"),
-                ("shape.op.started", {"m": "second"}, None),
-            ]
-        )
-        col.wait(count=2, timeout=TIMEOUT)
-        df = col.to_dataframe()
-        captured = local.to_dataframe()
-    assert list(df.columns) == SHAPE_COLUMNS
-    assert_fixed_dtypes(df)
-    assert df["id"].str.fullmatch(r"\d+").all()
-    assert int(df["id"].iloc[0]) < int(df["id"].iloc[1])
-    assert captured["id"].isna().all()  # no stream id in process
-    pd.testing.assert_frame_equal(df.drop(columns="id"), captured.drop(columns="id"))
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:1/ws/events", "not a url"])

@@ -1,4 +1,4 @@
-"""Forwarding a bus to a remote broadcaster (evkit.forward) over real sockets on 127.0.0.1.
+"""Forwarding a bus to a remote broadcaster (evkit.client.forwarder) over real sockets.
 
 Each broadcaster here has a bus of its own, and each in-process forwarder forwards a
 bus of its own: a forwarder must never feed the bus of the server it publishes to.
@@ -25,7 +25,8 @@ import pytest
 
 import evkit
 from evkit.bus import EventBus
-from evkit.forward import Forwarder, connect
+from evkit.client import Forwarder, connect
+from evkit.exceptions import ConnectError
 from evkit.testing import wait_until
 
 pytestmark = pytest.mark.timeout(15)
@@ -65,6 +66,14 @@ def jwt_token(scope: str) -> str:
 
 # -- a service in its own process --------------------------------------------------------
 
+
+def run_service(script: str, url: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a Python process of its own, with the broadcaster's URL."""
+    return subprocess.run(
+        [sys.executable, "-c", script, url], capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
 SERVICE = r"""
 import sys
 
@@ -93,12 +102,7 @@ forwarder.stop()
 def test_a_service_process_forwards_every_event_once_in_order(server_bus: EventBus) -> None:
     srv = evkit.serve(port=0, bus=server_bus)
     with evkit.collect(srv, ["svc.*", "test.end"], since="0") as col:
-        child = subprocess.run(
-            [sys.executable, "-c", SERVICE, srv.url],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
+        child = run_service(SERVICE, srv.url)
         assert child.returncode == 0, child.stderr
         assert child.stdout.split() == ["done", "1000", "0"], child.stderr
         # Stream order: once this marker arrived, nothing published before it is pending.
@@ -141,12 +145,7 @@ def test_a_service_that_exits_without_stopping_still_sends_what_it_emitted(
 ) -> None:
     srv = evkit.serve(port=0, bus=server_bus)
     captured = evkit.capture(["svc.*"], bus=server_bus)
-    child = subprocess.run(
-        [sys.executable, "-c", EXITING_SERVICE, srv.url],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    child = run_service(EXITING_SERVICE, srv.url)
     assert child.returncode == 0, child.stderr
     # The child's exit hook flushed before the process ended: the server had answered.
     assert captured.to_dataframe()["n"].tolist() == list(range(300))
@@ -213,15 +212,21 @@ def test_a_token_without_the_publish_scope_has_its_events_rejected(
 # -- reconnecting ----------------------------------------------------------------------------
 
 
-def test_events_emitted_while_the_server_is_down_are_sent_after_reconnecting(
-    source: EventBus, forwarders: list[Forwarder]
-) -> None:
+def cut_off(source: EventBus, forwarders: list[Forwarder], **options: Any) -> tuple[Forwarder, int]:
+    """A forwarder whose broadcaster has gone away; returns it and the port to reopen."""
     first = evkit.serve(port=0, bus=EventBus())
     port = first.port
-    forwarder = connect(first.url, bus=source)
+    forwarder = connect(first.url, bus=source, **options)
     forwarders.append(forwarder)
     first.stop()
     wait_until(lambda: forwarder.stats["state"] != "connected", "the forwarder saw the close")
+    return forwarder, port
+
+
+def test_events_emitted_while_the_server_is_down_are_sent_after_reconnecting(
+    source: EventBus, forwarders: list[Forwarder]
+) -> None:
+    forwarder, port = cut_off(source, forwarders)
     for n in range(100):
         source.emit("svc.item.done", {"n": n})
     assert forwarder.stats["buffered"] == 100
@@ -243,12 +248,7 @@ def test_events_emitted_while_the_server_is_down_are_sent_after_reconnecting(
 def test_a_full_buffer_drops_the_oldest_and_counts_them(
     source: EventBus, forwarders: list[Forwarder]
 ) -> None:
-    first = evkit.serve(port=0, bus=EventBus())
-    port = first.port
-    forwarder = connect(first.url, bus=source, max_buffer=50)
-    forwarders.append(forwarder)
-    first.stop()
-    wait_until(lambda: forwarder.stats["state"] != "connected", "the forwarder saw the close")
+    forwarder, port = cut_off(source, forwarders, queue_size=50)
     for n in range(200):
         source.emit("svc.item.done", {"n": n})
     assert forwarder.stats["dropped"] == 150
@@ -359,14 +359,73 @@ def test_connect_rejects_what_is_not_a_websocket_url() -> None:
     for url in ("http://127.0.0.1:3000/ws/events", "127.0.0.1:3000", "ws://"):
         with pytest.raises(ValueError, match="WebSocket URL"):
             connect(url)
-    with pytest.raises(ValueError, match="max_buffer"):
-        connect("ws://127.0.0.1:1/ws/events", max_buffer=0)
+    with pytest.raises(ValueError, match="queue_size"):
+        connect("ws://127.0.0.1:1/ws/events", queue_size=0)
 
 
 def test_connect_to_nothing_raises_connection_error_naming_the_url() -> None:
     url = "ws://127.0.0.1:9/ws/events"  # the discard port: nothing listens on it
-    with pytest.raises(ConnectionError, match=r"ws://127\.0\.0\.1:9/ws/events.*last error"):
+    with pytest.raises(ConnectionError, match=r"ws://127\.0\.0\.1:9/ws/events.*last error") as info:
         connect(url, bus=EventBus(), connect_timeout=0.3)
+    # evkit's own error, still caught by `except ConnectionError`.
+    assert isinstance(info.value, ConnectError)
+    assert isinstance(info.value, evkit.EvkitError)
+
+
+# -- names and forms ------------------------------------------------------------------------
+
+
+def test_the_old_module_still_gives_the_forwarder() -> None:
+    import evkit.forward
+
+    assert evkit.forward.Forwarder is Forwarder
+    assert evkit.forward.connect is connect
+
+
+def test_max_buffer_still_works_with_a_deprecation_warning(
+    server_bus: EventBus, source: EventBus
+) -> None:
+    srv = evkit.serve(port=0, bus=server_bus)
+    with pytest.warns(DeprecationWarning, match=r"max_buffer.*queue_size=50") as warned:
+        forwarder = connect(srv.url, bus=source, max_buffer=50)
+    assert warned[0].filename == __file__  # attributed to the caller, so it is shown
+    with forwarder:
+        assert forwarder.queue_size == 50
+        with pytest.warns(DeprecationWarning, match="queue_size"):
+            assert forwarder.max_buffer == 50
+    with (
+        pytest.warns(DeprecationWarning, match="max_buffer"),
+        pytest.raises(ValueError, match="max_buffer"),
+    ):
+        connect(srv.url, bus=source, max_buffer=0)
+    with (
+        pytest.warns(DeprecationWarning, match="max_buffer"),
+        pytest.raises(TypeError, match="both"),
+    ):
+        connect(srv.url, bus=source, max_buffer=5, queue_size=6)
+
+
+def test_stats_is_called_for_a_plain_dict_and_still_reads_as_one(
+    server_bus: EventBus, source: EventBus
+) -> None:
+    srv = evkit.serve(port=0, bus=server_bus)
+    with connect(srv.url, bus=source) as forwarder:
+        source.emit("svc.item.done", {"n": 1})
+        forwarder.flush()
+        stats = forwarder.stats()
+        assert type(stats) is dict
+        assert stats["forwarded"] == 1
+        assert forwarder.stats["forwarded"] == 1  # the documented older form
+        assert set(stats) == {
+            "state",
+            "forwarded",
+            "dropped",
+            "rejected",
+            "unsendable",
+            "reconnects",
+            "buffered",
+            "last_error",
+        }
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -412,3 +471,13 @@ def test_cli_publish_to_a_server_with_auth(server_bus: EventBus) -> None:
     assert "requires a token" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert len(captured) == 2
+
+
+def test_cli_publish_rejected_for_want_of_the_publish_scope_says_why(server_bus: EventBus) -> None:
+    srv = evkit.serve(port=0, jwt_secret=JWT_SECRET, bus=server_bus)
+    captured = evkit.capture(["repo.*"], bus=server_bus)
+    done = evkit_publish("repo.commit.created", "--url", srv.url, "--token", jwt_token("subscribe"))
+    assert done.returncode == 1
+    assert "evkit: rejected: forbidden" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(captured) == 0

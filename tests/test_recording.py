@@ -120,17 +120,25 @@ def emit_sample() -> None:
         evkit.emit("graphql.query.completed", {"operationName": f"Q{n}", "duration": n + 0.5})
 
 
-def test_load_sqlite_store_matches_the_collector_frame(tmp_path: Path) -> None:
-    path = tmp_path / "e.db"
+@contextmanager
+def sample_store(path: Path) -> Iterator[evkit.Collector]:
+    """A server storing the sample in SQLite at ``path``; yields a capture of what was
+    emitted. The server is stopped (the store closed) on the way out."""
     captured = evkit.capture()
     srv = evkit.serve(port=0, store=f"sqlite:///{path}")
     try:
         emit_sample()
-        evkit.flush()
-        while_running = evkit.load(path)  # read while the server's writer holds the file
+        yield captured
     finally:
         srv.stop()
         captured.stop()
+
+
+def test_load_sqlite_store_matches_the_collector_frame(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    with sample_store(path) as captured:
+        evkit.flush()
+        while_running = evkit.load(path)  # read while the server's writer holds the file
     expected = captured.to_dataframe()
     loaded = evkit.load(path)
 
@@ -149,13 +157,8 @@ def test_load_sqlite_store_matches_the_collector_frame(tmp_path: Path) -> None:
 
 def test_load_jsonl_written_by_the_writer_matches_the_sqlite_store(tmp_path: Path) -> None:
     path = tmp_path / "e.db"
-    captured = evkit.capture()
-    srv = evkit.serve(port=0, store=f"sqlite:///{path}")
-    try:
-        emit_sample()
-    finally:
-        srv.stop()
-        captured.stop()
+    with sample_store(path) as captured:
+        pass
     lines = write_recording(tmp_path / "e.jsonl", list(read_events(path)))
     copy = write_recording(tmp_path / "copy.db", list(read_events(lines)))
 

@@ -33,7 +33,9 @@ import orjson
 SERVER = """
 import sys, evkit
 n = int(sys.argv[1])
-srv = evkit.serve(port=0, queue_size=n + 1, history_size=n, client_buffer_limit=1 << 30)
+srv = evkit.serve(
+    port=0, queue_size=n + 1, history_size=n, history_bytes=1 << 31, client_buffer_limit=1 << 30
+)
 for i in range(n):
     evkit.emit("bench.collector.event", {"seq": i, "duration": 1.5, "spanId": "ab", "path": "/src"},
                correlation_id=f"req-{i % 100}")
@@ -66,7 +68,7 @@ def bench_to_dataframe(n: int) -> tuple[float, float, float]:
     frames = [orjson.dumps(event(i)) for i in range(n)]
     gc.collect()
     tracemalloc.start()
-    collector = Collector("bench", ["*"], None, max_events=n)
+    collector = Collector("bench", ["*"], None, buffer_size=n)
     before = tracemalloc.get_traced_memory()[0]
     for frame_bytes in frames:  # decoded here, as off the wire: every value is the buffer's own
         collector._ingest(orjson.loads(frame_bytes))
@@ -146,7 +148,7 @@ def bench_ingest(n: int) -> dict[str, float]:
             query = "since=0" + ("&batch=1000,20" if batch else "")
             rates[f"reference {label}"] = asyncio.run(reference_client(f"{url}?{query}", n))
             began = time.perf_counter()
-            with evkit.collect(url, since="0", batch=batch, max_events=n) as collector:
+            with evkit.collect(url, since="0", batch=batch, buffer_size=n) as collector:
                 collector.wait(count=n, timeout=120)
                 rates[f"evkit {label}"] = n / (time.perf_counter() - began)
         return rates

@@ -258,7 +258,9 @@ def run_once(
         result.elapsed = time.monotonic() - began
     if profilers:
         print_profile("main thread: emit_at_rate, evkit.emit() and callees", profilers[0])
-        print_profile("evkit loop thread: Broadcaster._drain and websockets", profilers[1])
+        print_profile(
+            "evkit loop thread: LocalBackplane._drain, Fanout.deliver and websockets", profilers[1]
+        )
     return result
 
 

@@ -11,13 +11,14 @@ The public API is exactly what ``__all__`` lists; everything else is private::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 from evkit import bus
 from evkit.bus import Event, EventBus, RequestBus, emit, emits, request_bus
 from evkit.collector import Collector, capture, collect
 from evkit.context import correlation, current_correlation_id
 from evkit.exceptions import (
+    ConnectError,
     EvkitError,
     EvkitWarning,
     InvalidEventError,
@@ -26,13 +27,15 @@ from evkit.exceptions import (
     PortInUseError,
     ProtocolError,
     ServerError,
+    StoreUnavailable,
     WaitTimeout,
 )
 from evkit.recording import load
 from evkit.server import Broadcaster, Server, ServerSettings, flush, running_servers, serve
 
 if TYPE_CHECKING:
-    from evkit.forward import Forwarder
+    from evkit.client import Forwarder
+    from evkit.client.forwarder import ForwarderOptions
     from evkit.widgets import Dashboard
 
 __version__ = "0.1.0"
@@ -40,11 +43,11 @@ __version__ = "0.1.0"
 _LAZY_SUBMODULES = ("analysis", "simulate", "widgets")
 
 
-def connect(url: str, token: str | None = None, **options: object) -> Forwarder:
-    """Forward this process's bus to a remote broadcaster (see :func:`evkit.forward.connect`)."""
-    from evkit.forward import connect as forward
+def connect(url: str, token: str | None = None, **options: Unpack[ForwarderOptions]) -> Forwarder:
+    """Forward this process's bus to a remote broadcaster (see :func:`evkit.client.connect`)."""
+    from evkit.client import connect as forward
 
-    return forward(url, token, **options)  # type: ignore[arg-type]  # options are checked there
+    return forward(url, token, **options)
 
 
 def dashboard(source: object, **options: object) -> Dashboard:
@@ -70,6 +73,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "Broadcaster",
     "Collector",
+    "ConnectError",
     "Event",
     "EventBus",
     "EvkitError",
@@ -83,6 +87,7 @@ __all__ = [
     "Server",
     "ServerError",
     "ServerSettings",
+    "StoreUnavailable",
     "WaitTimeout",
     "__version__",
     "bus",

@@ -31,6 +31,50 @@ def render(snapshot: dict[str, Any]) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+# The counters, in exposition order: (name, help, label or None, snapshot key).
+_COUNTERS = (
+    ("evkit_connections", "WebSocket connections accepted", None, "connections_total"),
+    (
+        "evkit_connections_rejected",
+        "Connections refused before any event was sent, by reason",
+        "reason",
+        "rejected",
+    ),
+    ("evkit_events_published", "Events published, by category", "category", "published"),
+    ("evkit_events_delivered", "Event deliveries to clients, by category", "category", "delivered"),
+    (
+        "evkit_events_dropped",
+        "Events dropped before broadcast (queue full or unencodable), by category",
+        "category",
+        "dropped",
+    ),
+    ("evkit_disconnects", "Client disconnects, by reason", "reason", "disconnects"),
+    (
+        "evkit_slow_consumer_disconnects",
+        "Clients closed with 1013 for falling behind",
+        None,
+        "slow_consumer_disconnects",
+    ),
+    ("evkit_replays", "History replays served (since)", None, "replays"),
+    (
+        "evkit_client_message_errors",
+        "Client messages rejected, by error code",
+        "code",
+        "client_errors",
+    ),
+    ("evkit_store_outages", "Times the store became unreachable (Redis)", None, "store_outages"),
+)
+_GAUGES = (
+    ("evkit_connections", "WebSocket clients connected now", "connections"),
+    ("evkit_store_up", "1 while the store reports no error", "store_up"),
+    (
+        "evkit_events_waiting",
+        "Events emitted and not yet handed out (queued, or waiting for Redis)",
+        "waiting",
+    ),
+)
+
+
 class _SnapshotCollector:
     def __init__(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
@@ -43,59 +87,16 @@ class _SnapshotCollector:
         )
 
         s = self.snapshot
-
-        def counter(name: str, doc: str, label: str | None, values: Any) -> Any:
+        for name, doc, key in _GAUGES:
+            yield GaugeMetricFamily(name, doc, s[key])
+        for name, doc, label, key in _COUNTERS:
             family = CounterMetricFamily(name, doc, labels=[label] if label else None)
             if label is None:
-                family.add_metric([], values)
+                family.add_metric([], s[key])
             else:
-                for key, value in sorted(values.items()):
-                    family.add_metric([key], value)
-            return family
-
-        yield GaugeMetricFamily(
-            "evkit_connections", "WebSocket clients connected now", s["connections"]
-        )
-        yield counter(
-            "evkit_connections", "WebSocket connections accepted", None, s["connections_total"]
-        )
-        yield counter(
-            "evkit_connections_rejected",
-            "Connections refused before any event was sent, by reason",
-            "reason",
-            s["rejected"],
-        )
-        yield counter(
-            "evkit_events_published", "Events published, by category", "category", s["published"]
-        )
-        yield counter(
-            "evkit_events_delivered",
-            "Event deliveries to clients, by category",
-            "category",
-            s["delivered"],
-        )
-        yield counter(
-            "evkit_events_dropped",
-            "Events dropped before broadcast (queue full or unencodable), by category",
-            "category",
-            s["dropped"],
-        )
-        yield counter(
-            "evkit_disconnects", "Client disconnects, by reason", "reason", s["disconnects"]
-        )
-        yield counter(
-            "evkit_slow_consumer_disconnects",
-            "Clients closed with 1013 for falling behind",
-            None,
-            s["slow_consumer_disconnects"],
-        )
-        yield counter("evkit_replays", "History replays served (since)", None, s["replays"])
-        yield counter(
-            "evkit_client_message_errors",
-            "Client messages rejected, by error code",
-            "code",
-            s["client_errors"],
-        )
+                for value_label, value in sorted(s[key].items()):
+                    family.add_metric([value_label], value)
+            yield family
         counts, total = s["latency"]
         cumulative, buckets = 0, []
         for bound, count in zip(LATENCY_BUCKETS, counts, strict=False):
@@ -108,18 +109,4 @@ class _SnapshotCollector:
             "Time from emit() to the write to the clients' connections",
             buckets=buckets,
             sum_value=total,
-        )
-        yield GaugeMetricFamily(
-            "evkit_store_up", "1 while the store reports no error", s["store_up"]
-        )
-        yield counter(
-            "evkit_store_outages",
-            "Times the store became unreachable (Redis)",
-            None,
-            s["store_outages"],
-        )
-        yield GaugeMetricFamily(
-            "evkit_events_waiting",
-            "Events emitted and not yet handed out (queued, or waiting for Redis)",
-            s["waiting"],
         )

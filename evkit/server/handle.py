@@ -10,21 +10,35 @@ changed ones restart it.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from evkit._loop import loop_thread
 from evkit.bus import EventBus
 from evkit.protocol import EVENTS_PATH
-from evkit.protocol.vocabulary import CLOSE_SERVICE_RESTART
 from evkit.server.broadcaster import Broadcaster
 from evkit.server.settings import ServerSettings
 
 __all__ = ["Server", "flush", "running_servers", "serve"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _on_loop_thread(
+    method: Callable[Concatenate[Broadcaster, P], T],
+) -> Callable[Concatenate[Server, P], T]:
+    """A :class:`Server` method calling the broadcaster's ``method`` on the broadcaster's
+    loop, with its signature and documentation."""
+
+    def call(self: Server, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._on_loop(lambda: method(self.broadcaster, *args, **kwargs))
+
+    functools.update_wrapper(call, method)
+    return call
 
 
 class Server:
@@ -69,16 +83,8 @@ class Server:
         """The base URL of the HTTP routes (``/healthz``)."""
         return self.url.replace("ws://", "http://", 1).removesuffix(EVENTS_PATH)
 
-    def stats(self) -> dict[str, Any]:
-        """The broadcaster's counters (see :meth:`Broadcaster.stats`), read on its loop."""
-        return self._on_loop(self.broadcaster.stats)
-
-    def health(self) -> dict[str, Any]:
-        """The ``/healthz`` document, read on the broadcaster's loop."""
-        return self._on_loop(self.broadcaster.health)
-
     def _on_loop(self, read: Callable[[], T]) -> T:
-        """``read()`` on the broadcaster's loop, the one place its state may be read.
+        """``read()`` on the broadcaster's loop, the one place its state may be touched.
 
         When the loop is gone (a stopped server), the counters no longer change: they
         are read here.
@@ -91,17 +97,9 @@ class Server:
 
         return self._loop_thread.run(run(), 10)
 
-    def disconnect(
-        self,
-        client_id: str | None = None,
-        code: int = CLOSE_SERVICE_RESTART,
-        reason: str = "service restart",
-    ) -> int:
-        """Close one client (by its ``clientId``) or all of them; returns how many.
-
-        See :meth:`Broadcaster.disconnect`.
-        """
-        return self._on_loop(lambda: self.broadcaster.disconnect(client_id, code, reason))
+    stats = _on_loop_thread(Broadcaster.stats)
+    health = _on_loop_thread(Broadcaster.health)
+    disconnect = _on_loop_thread(Broadcaster.disconnect)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Block until every event emitted before this call was handed to the clients."""

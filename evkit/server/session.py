@@ -50,10 +50,10 @@ from evkit.protocol.vocabulary import CLOSE_ABNORMAL, CLOSE_POLICY, CLOSE_REASON
 from evkit.server.replay import type_filter
 from evkit.server.wire import Peer
 
+__all__ = ["Session", "new_client_id"]
+
 if TYPE_CHECKING:
     from evkit.server.broadcaster import Broadcaster
-
-__all__ = ["Session", "new_client_id"]
 
 logger = logging.getLogger("evkit.server")
 

@@ -6,8 +6,9 @@ Ingest: a broadcaster in a subprocess (127.0.0.1, ephemeral port) holds N events
 its history; in this process the evkit collector takes them in through a replay
 (``since=0``), batched (its default) and one event per frame, against a reference in
 the same run: a bare ``websockets`` client that only ``orjson.loads`` each message and
-walks its events (the ceiling of any Python client). Replaying stored frames keeps the
-server from being the limit. Each is timed from connect to the last event.
+walks its events (the ceiling of any Python client). The server replays frames it
+already holds; until the hardening its matching of every replayed event was the limit
+of both clients (bench/README.md). Each is timed from connect to the last event.
 
 to_dataframe(): N events ingested into a collector (no socket), then the conversion,
 against a reference that builds the same frame from plain column lists (including
@@ -129,8 +130,8 @@ async def reference_client(url: str, n: int) -> float:
 
 
 def bench_ingest(n: int) -> dict[str, float]:
-    """Events/s taken in from a replay of ``n`` stored events (the server is not the limit:
-    it only writes history it already framed)."""
+    """Events/s taken in from a replay of ``n`` stored events (the server only writes
+    history it already framed; see bench/README.md for when that was the limit)."""
     import evkit
 
     server = subprocess.Popen(

@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 
 from evkit.protocol import text_frame
-from evkit.server.wire import Peer, listen, post_connection_class
+from evkit.server.wire import Peer, PostAnswer, listen, post_connection_class
 
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
@@ -113,11 +113,9 @@ async def post_server(limit: int) -> AsyncIterator[tuple[int, list[Any]]]:
     posted: list[Any] = []
     tasks: set[asyncio.Future[None]] = set()
 
-    async def handler(
-        target: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, Any]]:
+    async def handler(target: str, headers: dict[str, str], body: bytes) -> PostAnswer:
         posted.append((target, headers.get("content-type"), body))
-        return 202, {"ok": True}
+        return PostAnswer.json(202, {"ok": True})
 
     async def websocket_handler(connection: ServerConnection) -> None:
         await connection.send("hello")

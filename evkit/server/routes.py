@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import http
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -29,6 +30,7 @@ from websockets.http11 import Request, Response
 from evkit.exceptions import ProtocolError
 from evkit.protocol import EVENTS_PATH, validate_event
 from evkit.server.admission import Refusal
+from evkit.server.wire import PostAnswer
 
 if TYPE_CHECKING:
     from evkit.bus import Event
@@ -46,6 +48,9 @@ class Routes:
 
     def __init__(self, server: Broadcaster) -> None:
         self.server = server
+        #: POST routes by path: ``route(query, headers, body)``, after admission said yes.
+        self._post_routes: dict[str, Callable[[str, dict[str, str], bytes], Awaitable[PostAnswer]]]
+        self._post_routes = {"/events": self.post_events}
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: None lets a WebSocket handshake through."""
@@ -81,10 +86,22 @@ class Routes:
             {"error": f"no route for {url.path}; the event stream is at {EVENTS_PATH}"},
         )
 
-    async def handle_post(
-        self, target: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, Any]]:
-        """Answer ``POST /events``: one event or a list; 202 with their ids, or why not.
+    async def handle_post(self, target: str, headers: dict[str, str], body: bytes) -> PostAnswer:
+        """Answer a POST request (read by :mod:`evkit.server.wire`): the route its path names."""
+        url = urlsplit(target)
+        route = self._post_routes.get(url.path)
+        if route is None:
+            known = ", ".join(sorted(self._post_routes))
+            return PostAnswer.json(
+                404, {"error": f"no route for POST {url.path}; POST routes: {known}"}
+            )
+        refusal = self.server.admission.check_post(headers, url.query)
+        if refusal is not None:
+            return PostAnswer.json(refusal.status.value, refusal.body)
+        return await route(url.query, headers, body)
+
+    async def post_events(self, query: str, headers: dict[str, str], body: bytes) -> PostAnswer:
+        """``POST /events``: one event or a list; 202 with their ids, or why not.
 
         Runs on the loop. The events are emitted on the broadcaster's bus (so local
         handlers see them too) and handed out before the answer, so the ids are known;
@@ -97,22 +114,19 @@ class Routes:
         full queue dropped have a null id and are counted in ``"dropped"``.
         """
         server = self.server
-        url = urlsplit(target)
-        if url.path != "/events":
-            return 404, {"error": f"no route for POST {url.path}; events are posted to /events"}
-        refusal = server.admission.check_post(headers, url.query)
-        if refusal is not None:
-            return refusal.status.value, refusal.body
         history = server.history
-        wait = parse_qs(url.query).get("wait", ["durable" if history.durable else "delivered"])[-1]
+        wait = parse_qs(query).get("wait", ["durable" if history.durable else "delivered"])[-1]
         if wait not in ("durable", "delivered"):
-            return 400, {
-                "error": f"wait must be 'durable' or 'delivered', got {wait[:40]!r}",
-                "code": "invalid_message",
-            }
+            return PostAnswer.json(
+                400,
+                {
+                    "error": f"wait must be 'durable' or 'delivered', got {wait[:40]!r}",
+                    "code": "invalid_message",
+                },
+            )
         events = _validated(body)
         if isinstance(events, tuple):
-            return events
+            return PostAnswer.json(*events)
         emitted = self._emit(events)
         await server.backplane.settle(_POST_WAIT)
         ids = [event.id for event in emitted]
@@ -122,12 +136,14 @@ class Routes:
                 await server.backplane.sync()
                 durable = True
             except TimeoutError as exc:
-                return 503, {"error": f"the events were not committed: {exc}", "ids": ids}
+                return PostAnswer.json(
+                    503, {"error": f"the events were not committed: {exc}", "ids": ids}
+                )
         answer: dict[str, Any] = {"ids": ids, "durable": durable}
         dropped = ids.count(None)
         if dropped:
             answer["dropped"] = dropped
-        return 202, answer
+        return PostAnswer.json(202, answer)
 
     def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> list[Event]:
         """Emit ``events`` on the bus; publish directly the ones that did not reach us."""

@@ -25,6 +25,7 @@ import asyncio
 import http
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -36,7 +37,7 @@ from websockets.protocol import State
 
 from evkit.redaction import ScrubbingLogger
 
-__all__ = ["Peer", "PostHandler", "listen", "post_connection_class"]
+__all__ = ["Peer", "PostAnswer", "PostHandler", "listen", "post_connection_class"]
 
 logger = logging.getLogger("evkit.server")
 
@@ -46,8 +47,23 @@ _MAX_HEADERS = 16 * 1024
 # scrubbing adapter: it would show tokens.
 _WIRE_LOGGER = ScrubbingLogger(logging.getLogger("websockets.server"))
 
-#: ``handler(target, headers, body)`` answers a POST with a status and a JSON body.
-PostHandler = Callable[[str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, Any]]]]
+
+@dataclass(frozen=True)
+class PostAnswer:
+    """The answer to a POST: status, body bytes, their content type, extra headers."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def json(cls, status: int, document: Any) -> PostAnswer:
+        return cls(status, orjson.dumps(document))
+
+
+#: ``handler(target, headers, body)`` answers a POST.
+PostHandler = Callable[[str, dict[str, str], bytes], Awaitable[PostAnswer]]
 
 
 class Peer:
@@ -157,7 +173,7 @@ class _PostConnection(ServerConnection):
         head_end = buffer.find(b"\r\n\r\n")
         if head_end < 0:
             if len(buffer) > _MAX_HEADERS:
-                self._answer(431, {"error": "request headers too large"})
+                self._answer(PostAnswer.json(431, {"error": "request headers too large"}))
             return
         lines = bytes(buffer[:head_end]).decode("latin-1").split("\r\n")
         headers = {}
@@ -166,11 +182,14 @@ class _PostConnection(ServerConnection):
             headers[name.strip().lower()] = value.strip()
         length_text = headers.get("content-length")
         if length_text is None or not (length_text.isascii() and length_text.isdigit()):
-            self._answer(411, {"error": "POST /events needs a Content-Length header"})
+            self._answer(
+                PostAnswer.json(411, {"error": "POST /events needs a Content-Length header"})
+            )
             return
         length, limit = int(length_text), self.post_limit()
         if length > limit:
-            self._answer(413, {"error": f"body of {length} bytes exceeds max_post_size={limit}"})
+            error = f"body of {length} bytes exceeds max_post_size={limit}"
+            self._answer(PostAnswer.json(413, {"error": error}))
             return
         body_start = head_end + 4
         if len(buffer) - body_start < length:
@@ -185,18 +204,19 @@ class _PostConnection(ServerConnection):
         task.add_done_callback(self.post_tasks.discard)
 
     async def _answer_later(self, target: str, headers: dict[str, str], body: bytes) -> None:
-        status, answer = await self.post_handler(target, headers, body)
+        answer = await self.post_handler(target, headers, body)
         if not self.transport.is_closing():
-            self._answer(status, answer)
+            self._answer(answer)
 
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
+    def _answer(self, answer: PostAnswer) -> None:
         self._evkit_mode = "answered"
-        data = orjson.dumps(body)
-        phrase = http.HTTPStatus(status).phrase
+        phrase = http.HTTPStatus(answer.status).phrase
+        extra = "".join(f"{name}: {value}\r\n" for name, value in answer.headers)
         self.transport.write(
-            f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\nServer: evkit\r\n\r\n".encode()
-            + data
+            f"HTTP/1.1 {answer.status} {phrase}\r\nContent-Type: {answer.content_type}\r\n"
+            f"Content-Length: {len(answer.body)}\r\nConnection: close\r\nServer: evkit\r\n"
+            f"{extra}\r\n".encode()
+            + answer.body
         )
         self.transport.close()
 

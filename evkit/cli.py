@@ -398,6 +398,7 @@ def _publisher(url: str, token: str | None, connect_timeout: float) -> Publisher
         connect_timeout=connect_timeout,
         fatal_refusals=_ALL_REFUSALS,
         flush_interval=0.0,
+        source_time=False,  # a replay is stamped as it happens, not with its recorded times
     )
     return publisher
 

@@ -886,14 +886,28 @@ def test_post_events_refusals(auth_server: evkit.Server) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", auth_server.port, timeout=5)
         connection.putrequest("POST", "/events")
         connection.putheader("Authorization", f"Bearer {TOKEN}")
-        connection.putheader("Transfer-Encoding", "chunked")
-        connection.endheaders()
+        connection.endheaders()  # neither a length nor chunks: the body cannot be read
         response = connection.getresponse()
         assert response.status == 411
         assert orjson.loads(response.read()) == {
             "error": "POST /events needs a Content-Length header"
         }
         connection.close()
+        # A chunked body (what OTLP exporters send) is read whole and published.
+        connection = http.client.HTTPConnection("127.0.0.1", auth_server.port, timeout=5)
+        connection.request(
+            "POST",
+            "/events",
+            body=iter([b'{"type": "chunked', b'.post.sent"}']),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        assert response.status == 202
+        [chunked_id] = orjson.loads(response.read())["ids"]
+        connection.close()
+        [posted] = await recv_events(listener, 1)
+        assert (posted["type"], posted["id"]) == ("chunked.post.sent", chunked_id)
 
         answer_bytes = raw_http(
             auth_server,
@@ -903,9 +917,10 @@ def test_post_events_refusals(auth_server: evkit.Server) -> None:
         answer_bytes = raw_http(auth_server, b"POST /events HTTP/1.1\r\nX: " + b"a" * 20_000)
         assert answer_bytes.startswith(b"HTTP/1.1 431 ")
 
-        # Nothing was published by any of them, and the WebSocket client was served throughout.
+        # Nothing else was published by any of them, and the WebSocket client was served
+        # throughout.
         evkit.flush()
-        assert auth_server.stats()["published"] == published_before
+        assert auth_server.stats()["published"] == published_before + 1
         await assert_silent(listener)
         emit_one_of_each()
         assert len(await recv_events(listener, 4)) == 4

@@ -214,3 +214,45 @@ def test_a_port_in_use_is_an_oserror_from_listen() -> None:
                 )
 
     asyncio.run(scenario())
+
+
+def chunked(*chunks: bytes, trailer: bytes = b"") -> bytes:
+    head = b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks)
+    return head + body + b"0\r\n" + trailer + b"\r\n"
+
+
+def test_a_chunked_post_is_read_whole_even_one_byte_at_a_time() -> None:
+    # OTLP exporters (the Node SDK's among them) send their bodies chunked.
+    async def scenario() -> None:
+        async with post_server(limit=100) as (port, posted):
+            data = chunked(b'{"a":', b"1}", trailer=b"X-Checksum: 1\r\n")
+            answer = await raw(port, [data[i : i + 1] for i in range(len(data))])
+            assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n")
+            assert posted == [("/events", None, b'{"a":1}')]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (chunked(b"x" * 60, b"y" * 60), b"413"),
+        (
+            b"POST /events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+            b"400",
+        ),
+        (
+            b"POST /events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+            b"400",
+        ),
+    ],
+)
+def test_a_bad_chunked_post_is_answered(data: bytes, status: bytes) -> None:
+    async def scenario() -> None:
+        async with post_server(limit=100) as (port, posted):
+            answer = await raw(port, [data])
+            assert answer.split(b" ", 2)[1] == status
+            assert posted == []
+
+    asyncio.run(scenario())

@@ -96,6 +96,8 @@ class Publisher:
         max_message_size: most bytes in one message (the server closes the connection
             past its own limit).
         messages_per_second: the pace kept under the server's rate limit.
+        source_time: send each event's own ``timestamp`` (the time of ``emit()``), which
+            the server keeps; False lets the server stamp the time it takes them.
     """
 
     def __init__(
@@ -114,8 +116,10 @@ class Publisher:
         flush_interval: float = 0.05,
         max_message_size: int = 64 * 1024,
         messages_per_second: float = 150.0,
+        source_time: bool = True,
     ) -> None:
         self.url = url
+        self.source_time = source_time
         self.outbox = outbox
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -308,7 +312,8 @@ class Publisher:
     def _encode(self, event: Event, limit: int) -> bytes | None:
         try:
             payload = event.payload if self._prepare is None else self._prepare(event.payload)
-            body = event_body(event.type, encode(payload))
+            stamp = event.timestamp if self.source_time else None
+            body = event_body(event.type, encode(payload), stamp)
         except Exception as exc:  # InvalidEventError, RecursionError (too deep to redact)...
             # One event that cannot be encoded must never wedge the stream behind it.
             self.outbox.count_unsendable()

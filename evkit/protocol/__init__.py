@@ -31,6 +31,7 @@ from evkit.protocol.client_messages import (
     validate_correlation_id,
     validate_event,
     validate_event_type,
+    validate_timestamp,
 )
 from evkit.protocol.connect import (
     ConnectRequest,
@@ -132,5 +133,6 @@ __all__ = [
     "validate_correlation_id",
     "validate_event",
     "validate_event_type",
+    "validate_timestamp",
     "with_query",
 ]

@@ -20,11 +20,13 @@ import orjson
 
 from evkit.exceptions import InvalidEventError, ProtocolError
 from evkit.patterns import validate_patterns
+from evkit.protocol.encoding import now_ms
 from evkit.protocol.vocabulary import AUTH, CLIENT_TYPES, PING, PUBLISH, SUBSCRIBE, UNSUBSCRIBE
 
 __all__ = [
     "MAX_BATCH_DELAY_MS",
     "MAX_BATCH_EVENTS",
+    "MAX_CLOCK_AHEAD_MS",
     "MAX_CORRELATION_ID_LENGTH",
     "MAX_EVENT_TYPE_LENGTH",
     "MAX_PAYLOAD_DEPTH",
@@ -42,6 +44,7 @@ __all__ = [
     "validate_correlation_id",
     "validate_event",
     "validate_event_type",
+    "validate_timestamp",
 ]
 
 MAX_CORRELATION_ID_LENGTH = 256
@@ -50,6 +53,8 @@ MAX_EVENT_TYPE_LENGTH = 256
 #: payload (the encoder stops at 254 levels; a limit well inside it keeps every reply
 #: and every stored event encodable).
 MAX_PAYLOAD_DEPTH = 64
+#: How far ahead of the server's clock an event's source time may be (one day, in ms).
+MAX_CLOCK_AHEAD_MS = 86_400_000
 MAX_BATCH_EVENTS = 10_000
 MAX_BATCH_DELAY_MS = 10_000
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
@@ -187,9 +192,14 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """``publish``: one or more events to emit through the broadcaster."""
+    """``publish``: one or more events to emit through the broadcaster.
+
+    ``timestamps``: each event's source time (ms), None where it gave none; None when
+    no event gave one.
+    """
 
     events: list[tuple[str, dict[str, Any]]]
+    timestamps: list[int | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,11 +256,11 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
             )
         return Ping(payload)
     if type_ == PUBLISH:
-        if isinstance(payload, list):
-            if not payload:
-                raise ProtocolError("invalid_event", "publish needs at least one event")
-            return Publish([validate_event(event, i) for i, event in enumerate(payload)])
-        return Publish([validate_event(payload)])
+        if not isinstance(payload, list):
+            return _publish([payload], None)
+        if not payload:
+            raise ProtocolError("invalid_event", "publish needs at least one event")
+        return _publish(payload, 0)
     if not isinstance(payload, dict):
         raise ProtocolError(
             "invalid_message",
@@ -293,6 +303,57 @@ def decode_client_message(data: str | bytes) -> ClientMessage:
         since=_optional_since(payload),
         batch=_optional_batch(payload),
     )
+
+
+def _publish(items: list[Any], first: int | None) -> Publish:
+    """The events of a ``publish``; ``first``: the position of the first in a list."""
+    events = []
+    timestamps: list[int | None] = []
+    for offset, item in enumerate(items):
+        position = None if first is None else first + offset
+        events.append(validate_event(item, position))
+        timestamps.append(validate_timestamp(item, position))
+    return Publish(events, timestamps if any(t is not None for t in timestamps) else None)
+
+
+def validate_timestamp(
+    event: object, position: int | None = None, now: int | None = None
+) -> int | None:
+    """An event's source time, ``timestamp`` (ms since the epoch), or None when absent.
+
+    A number is rounded to whole milliseconds. Any time in the past is kept (a replayed
+    recording has old times); more than :data:`MAX_CLOCK_AHEAD_MS` ahead of this
+    server's clock is refused: that is a wrong clock or a wrong unit, not an event.
+
+    Raises:
+        ProtocolError: ``invalid_event`` for a timestamp that is not a finite number
+            from 0 to now plus a day.
+    """
+    value = event.get("timestamp") if isinstance(event, Mapping) else None
+    if value is None:
+        return None
+    where = "" if position is None else f"event[{position}]: "
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or value != value  # NaN
+        or not 0 <= value < 1 << 62
+    ):
+        raise ProtocolError(
+            "invalid_event",
+            f"{where}timestamp must be milliseconds since the epoch (a number >= 0), "
+            f"got {describe(value)}",
+            {"index": position, "field": "timestamp"},
+        )
+    limit = (now_ms() if now is None else now) + MAX_CLOCK_AHEAD_MS
+    if value > limit:
+        raise ProtocolError(
+            "invalid_event",
+            f"{where}timestamp {value!r} is more than a day ahead of this server's clock "
+            "(a wrong clock, or seconds or nanoseconds instead of milliseconds?)",
+            {"index": position, "field": "timestamp"},
+        )
+    return round(value)
 
 
 def _optional_bool(payload: dict[str, Any], field: str) -> bool:

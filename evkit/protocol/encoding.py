@@ -129,9 +129,16 @@ def text_frame(payload: bytes) -> bytes:
 # -- what clients send ---------------------------------------------------------------------
 
 
-def event_body(type_: str, payload_json: bytes) -> bytes:
-    """One event ``{"type", "payload"}`` of a ``publish`` message, its payload already JSON."""
-    return b'{"type":%b,"payload":%b}' % (orjson.dumps(type_), payload_json)
+def event_body(type_: str, payload_json: bytes, timestamp: int | None = None) -> bytes:
+    """One event ``{"type", "payload"}`` of a ``publish`` message, its payload already JSON;
+    ``timestamp`` (ms) is the event's source time, kept by the server."""
+    if timestamp is None:
+        return b'{"type":%b,"payload":%b}' % (orjson.dumps(type_), payload_json)
+    return b'{"type":%b,"timestamp":%d,"payload":%b}' % (
+        orjson.dumps(type_),
+        timestamp,
+        payload_json,
+    )
 
 
 def publish_message(bodies: list[bytes]) -> bytes:

@@ -118,6 +118,24 @@ class Broadcaster:
         """
         self.ingress.publish(event)
 
+    def ingest(self, events: list[Event]) -> None:
+        """Publish events that came from outside this process (``POST``, OTLP, ``publish``).
+
+        They are dispatched on the bus, so local handlers see them too, and published
+        here whether or not this broadcaster is attached to its bus (noted in time
+        linear in the events). On the loop.
+        """
+        ingress, dispatch = self.ingress, self.bus.dispatch
+        posted = ingress.capture()
+        try:
+            for event in events:
+                dispatch(event)
+        finally:
+            ingress.end_capture()
+        for event in events:
+            if id(event) not in posted:
+                ingress.publish(event)
+
     @property
     def epoch(self) -> str:
         """The stream's epoch: ids compare within one epoch only."""

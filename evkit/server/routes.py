@@ -27,13 +27,14 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from evkit.bus import Event
 from evkit.exceptions import ProtocolError
-from evkit.protocol import EVENTS_PATH, validate_event
+from evkit.protocol import EVENTS_PATH, now_ms, validate_event, validate_timestamp
 from evkit.server.admission import Refusal
+from evkit.server.otlp import TRACES_PATH, TraceReceiver
 from evkit.server.wire import PostAnswer
 
 if TYPE_CHECKING:
-    from evkit.bus import Event
     from evkit.server.broadcaster import Broadcaster
 
 __all__ = ["Routes"]
@@ -50,7 +51,8 @@ class Routes:
         self.server = server
         #: POST routes by path: ``route(query, headers, body)``, after admission said yes.
         self._post_routes: dict[str, Callable[[str, dict[str, str], bytes], Awaitable[PostAnswer]]]
-        self._post_routes = {"/events": self.post_events}
+        self.traces = TraceReceiver(server)
+        self._post_routes = {"/events": self.post_events, TRACES_PATH: self.traces.post_traces}
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: None lets a WebSocket handshake through."""
@@ -124,10 +126,10 @@ class Routes:
                     "code": "invalid_message",
                 },
             )
-        events = _validated(body)
-        if isinstance(events, tuple):
-            return PostAnswer.json(*events)
-        emitted = self._emit(events)
+        emitted = _validated(body)
+        if isinstance(emitted, tuple):
+            return PostAnswer.json(*emitted)
+        server.ingest(emitted)
         await server.backplane.settle(_POST_WAIT)
         ids = [event.id for event in emitted]
         durable = False
@@ -145,21 +147,8 @@ class Routes:
             answer["dropped"] = dropped
         return PostAnswer.json(202, answer)
 
-    def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> list[Event]:
-        """Emit ``events`` on the bus; publish directly the ones that did not reach us."""
-        server = self.server
-        posted = server.ingress.capture()
-        try:
-            emitted = [server.bus.emit(type_, payload) for type_, payload in events]
-        finally:
-            server.ingress.end_capture()
-        for event in emitted:
-            if id(event) not in posted:  # this broadcaster is not attached to its bus
-                server.ingress.publish(event)
-        return emitted
 
-
-def _validated(body: bytes) -> list[tuple[str, dict[str, Any]]] | tuple[int, dict[str, Any]]:
+def _validated(body: bytes) -> list[Event] | tuple[int, dict[str, Any]]:
     """The events of a POST body, or the 400 answer saying why not (nothing published)."""
     try:
         document = orjson.loads(body)
@@ -172,9 +161,13 @@ def _validated(body: bytes) -> list[tuple[str, dict[str, Any]]] | tuple[int, dic
             "code": "invalid_event",
         }
     valid, errors = [], []
+    now = now_ms()
     for position, item in enumerate(items):
+        where = position if isinstance(document, list) else None
         try:
-            valid.append(validate_event(item, position if isinstance(document, list) else None))
+            type_, payload = validate_event(item, where)
+            timestamp = validate_timestamp(item, where, now)
+            valid.append(Event(type_, now if timestamp is None else timestamp, payload))
         except ProtocolError as exc:
             errors.append({"index": position, "error": exc.error})
     if errors:

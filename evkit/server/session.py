@@ -26,6 +26,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from evkit.auth import ANONYMOUS, Principal
+from evkit.bus import Event
 from evkit.exceptions import ProtocolError
 from evkit.limits import TokenBucket
 from evkit.protocol import (
@@ -222,8 +223,14 @@ class Session:
                 self._send(PONG, {"echo": message.payload})
             elif isinstance(message, Publish):
                 server.admission.check_publish(principal)
-                for type_, payload in message.events:
-                    server.bus.emit(type_, payload)
+                now = now_ms()
+                times = message.timestamps or [None] * len(message.events)
+                server.ingest(
+                    [
+                        Event(type_, now if at is None else at, payload)
+                        for (type_, payload), at in zip(message.events, times, strict=True)
+                    ]
+                )
             # Auth: already authenticated (or auth is off): nothing to do.
         except ProtocolError as exc:
             self.reject(exc)

@@ -180,28 +180,46 @@ class _PostConnection(ServerConnection):
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        body = self._body(buffer, head_end + 4, headers)
+        if body is None:
+            return  # the rest of the body is still to come (or the request was answered)
+        self._evkit_mode = "answered"
+        parts = lines[0].split(" ")
+        target = parts[1] if len(parts) > 1 else "/"
+        self._evkit_http = None
+        task = asyncio.ensure_future(self._answer_later(target, headers, body))
+        self.post_tasks.add(task)
+        task.add_done_callback(self.post_tasks.discard)
+
+    def _body(self, buffer: bytearray, start: int, headers: dict[str, str]) -> bytes | None:
+        """The request body once whole: ``Content-Length`` or ``chunked``; None until then.
+
+        A body past ``post_limit()`` (declared or sent) is answered with 413, one with
+        neither framing with 411, malformed chunks with 400.
+        """
+        limit = self.post_limit()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            try:
+                body = _dechunk(buffer, start, limit)
+            except ValueError as exc:
+                status = 413 if "max_post_size" in str(exc) else 400
+                self._answer(PostAnswer.json(status, {"error": str(exc)}))
+                return None
+            return body
         length_text = headers.get("content-length")
         if length_text is None or not (length_text.isascii() and length_text.isdigit()):
             self._answer(
                 PostAnswer.json(411, {"error": "POST /events needs a Content-Length header"})
             )
-            return
-        length, limit = int(length_text), self.post_limit()
+            return None
+        length = int(length_text)
         if length > limit:
             error = f"body of {length} bytes exceeds max_post_size={limit}"
             self._answer(PostAnswer.json(413, {"error": error}))
-            return
-        body_start = head_end + 4
-        if len(buffer) - body_start < length:
-            return  # wait for the rest of the body
-        self._evkit_mode = "answered"
-        parts = lines[0].split(" ")
-        target = parts[1] if len(parts) > 1 else "/"
-        body = bytes(buffer[body_start : body_start + length])
-        self._evkit_http = None
-        task = asyncio.ensure_future(self._answer_later(target, headers, body))
-        self.post_tasks.add(task)
-        task.add_done_callback(self.post_tasks.discard)
+            return None
+        if len(buffer) - start < length:
+            return None  # wait for the rest of the body
+        return bytes(buffer[start : start + length])
 
     async def _answer_later(self, target: str, headers: dict[str, str], body: bytes) -> None:
         answer = await self.post_handler(target, headers, body)
@@ -219,6 +237,39 @@ class _PostConnection(ServerConnection):
             + answer.body
         )
         self.transport.close()
+
+
+def _dechunk(buffer: bytearray, start: int, limit: int) -> bytes | None:
+    """A ``Transfer-Encoding: chunked`` body from ``start``; None while incomplete.
+
+    Raises:
+        ValueError: a malformed chunk, or more than ``limit`` bytes of body (the message
+            names max_post_size).
+    """
+    body = bytearray()
+    at = start
+    while True:
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            if len(buffer) - at > 64:
+                raise ValueError("malformed chunk size line")
+            return None
+        size_text = bytes(buffer[at:line_end]).partition(b";")[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ValueError(f"malformed chunk size {size_text[:20]!r}") from None
+        if len(body) + size > limit:
+            raise ValueError(f"chunked body exceeds max_post_size={limit}")
+        data_start = line_end + 2
+        if size == 0:  # the last chunk; trailers (ignored) end with an empty line
+            return bytes(body) if buffer.find(b"\r\n\r\n", line_end) >= 0 else None
+        if len(buffer) < data_start + size + 2:
+            return None
+        if buffer[data_start + size : data_start + size + 2] != b"\r\n":
+            raise ValueError("malformed chunk: its data does not end with CRLF")
+        body += buffer[data_start : data_start + size]
+        at = data_start + size + 2
 
 
 async def listen(

@@ -177,7 +177,7 @@ def test_json_spans_read_as_the_protobuf_ones() -> None:
                                 "traceId": TRACE.upper(),
                                 "spanId": SPAN,
                                 "name": "work",
-                                "kind": 2,
+                                "kind": "SPAN_KIND_SERVER",  # a name, as canonical JSON has it
                                 "startTimeUnixNano": str((NOW - 10) * 1_000_000),
                                 "endTimeUnixNano": str(NOW * 1_000_000),
                                 "attributes": [

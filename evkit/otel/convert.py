@@ -27,6 +27,7 @@ Pure apart from reading the objects given: no I/O, no imports of the SDK or prot
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -73,13 +74,14 @@ _RESERVED = frozenset(
 )
 _NOT_TYPE_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-.]+")
 _NOT_SERVICE_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-]+")
-_HEX = re.compile(r"[0-9a-f]*")
+_HEX_DIGITS = "0123456789abcdef"
 
 
 class OTLPError(ValueError):
     """An OTLP request whose structure is wrong as a whole (not one bad span)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def span_type(service: str, name: str, failed: bool) -> str:
     """The event type of a span of ``service`` named ``name``."""
     service = _NOT_SERVICE_CHARACTERS.sub("-", service).strip("-") or "unknown_service"
@@ -113,11 +115,11 @@ def span_event(
     now_ms: int,
 ) -> Event | str:
     """The event of one span (ids as lower-case hex), or why it cannot be one."""
-    if len(trace_id) != 32 or not _HEX.fullmatch(trace_id) or trace_id.strip("0") == "":
+    if len(trace_id) != 32 or trace_id.strip(_HEX_DIGITS) or not trace_id.strip("0"):
         return f"span {name!r}: trace id must be 16 bytes, not all zero"
-    if len(span_id) != 16 or not _HEX.fullmatch(span_id) or span_id.strip("0") == "":
+    if len(span_id) != 16 or span_id.strip(_HEX_DIGITS) or not span_id.strip("0"):
         return f"span {name!r}: span id must be 8 bytes, not all zero"
-    if parent_span_id and (len(parent_span_id) != 16 or not _HEX.fullmatch(parent_span_id)):
+    if parent_span_id and (len(parent_span_id) != 16 or parent_span_id.strip(_HEX_DIGITS)):
         return f"span {name!r}: parent span id must be 8 bytes"
     if end_ns < start_ns or start_ns <= 0:
         return f"span {name!r}: it ends before it starts, or has no start time"
@@ -141,11 +143,14 @@ def span_event(
         payload["scope"] = scope
     if resource:
         payload["resource"] = dict(resource)
-    for key, value in attributes.items():
-        if key in _RESERVED:
-            payload.setdefault("attributes", {})[key] = value
-        else:
-            payload[key] = value
+    if _RESERVED.isdisjoint(attributes):
+        payload.update(attributes)
+    else:
+        for key, value in attributes.items():
+            if key in _RESERVED:
+                payload.setdefault("attributes", {})[key] = value
+            else:
+                payload[key] = value
     events = [
         {"name": event_name, "timestamp": at // 1_000_000, "attributes": dict(event_attributes)}
         for event_name, at, event_attributes in span_events
@@ -198,7 +203,9 @@ def events_from_request(request: Any, now_ms: int) -> tuple[list[Event], list[st
                     span_events=[
                         (e.name, e.time_unix_nano, _proto_attributes(e.attributes))
                         for e in span.events
-                    ],
+                    ]
+                    if span.events
+                    else (),
                     now_ms=now_ms,
                 )
                 (refused if isinstance(result, str) else events).append(result)  # type: ignore[arg-type]
@@ -206,7 +213,18 @@ def events_from_request(request: Any, now_ms: int) -> tuple[list[Event], list[st
 
 
 def _proto_attributes(pairs: Iterable[Any]) -> dict[str, Any]:
-    return {pair.key: _proto_value(pair.value) for pair in pairs}
+    attributes = {}
+    for pair in pairs:
+        value = pair.value
+        kind = value.WhichOneof("value")
+        # The scalars first, without a call each: most attributes are.
+        if kind == "string_value":
+            attributes[pair.key] = value.string_value
+        elif kind == "int_value":
+            attributes[pair.key] = value.int_value
+        else:
+            attributes[pair.key] = _proto_value(value)
+    return attributes
 
 
 def _proto_value(value: Any) -> Any:
@@ -261,11 +279,11 @@ def _json_span(
         span_id=str(span.get("spanId") or "").lower(),
         parent_span_id=str(span.get("parentSpanId") or "").lower(),
         name=str(span.get("name") or ""),
-        kind=int(span.get("kind") or 0),
+        kind=_enum(span.get("kind"), _KIND_NAMES),
         start_ns=int(span.get("startTimeUnixNano") or 0),
         end_ns=int(span.get("endTimeUnixNano") or 0),
         attributes=_json_attributes(span.get("attributes")),
-        status_code=int(status.get("code") or 0),
+        status_code=_enum(status.get("code"), _STATUS_NAMES),
         status_message=str(status.get("message") or ""),
         span_events=[
             (
@@ -277,6 +295,17 @@ def _json_span(
         ],
         now_ms=now_ms,
     )
+
+
+# OTLP/JSON gives enums as numbers; protobuf's canonical JSON, as names: both are read.
+_KIND_NAMES = {f"SPAN_KIND_{name.upper()}": number for number, name in SPAN_KINDS.items()}
+_STATUS_NAMES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+
+
+def _enum(value: Any, names: dict[str, int]) -> int:
+    if isinstance(value, str) and value in names:
+        return names[value]
+    return int(value or 0)
 
 
 def _list(document: Any, key: str, where: str) -> list[Any]:

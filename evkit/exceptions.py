@@ -6,6 +6,8 @@ The tree::
     ├── ProtocolError            a client message was rejected (carries the wire ``code``)
     │   └── InvalidPatternError  a subscription pattern is malformed (also a ValueError)
     ├── InvalidEventError        an event to emit or publish is malformed (also a ValueError)
+    ├── ConfigError              a setting from a flag, a variable or a config file cannot
+    │                            be used (also a ValueError)
     ├── ServerError              the broadcaster could not start or stop
     │   └── PortInUseError       the port is held by another process (also an OSError)
     ├── StoreUnavailable         a store or backplane (Redis) cannot be reached
@@ -53,6 +55,10 @@ class InvalidPatternError(ProtocolError, ValueError):
 
 class InvalidEventError(EvkitError, ValueError):
     """An event's type or payload is malformed; nothing was emitted."""
+
+
+class ConfigError(EvkitError, ValueError):
+    """A setting cannot be used; the message names the flag, variable or file it came from."""
 
 
 class ServerError(EvkitError):

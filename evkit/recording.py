@@ -1,17 +1,20 @@
 """Recordings: events kept in a file, read back for offline analysis or replayed live.
 
 A recording is either a SQLite file in the durable store's own format (what
-``serve(store="sqlite:///events.db")`` writes, and what ``evkit record URL --out
+``serve(store="sqlite:///events.db")`` writes, and what ``evkit record --out
 events.db`` writes) or JSON Lines, one event frame per line (``--out events.jsonl``).
 
-:func:`load` reads one into the collector's DataFrame shape; :func:`read_events`
+:func:`load` reads one into the collector's DataFrame shape (or listens to a live
+server for some seconds: the same DataFrame, from a collector); :func:`read_events`
 yields the events for ``evkit replay``; :class:`RecordingWriter` appends to either
-format. Sources are named by path or by ``sqlite:///path`` URL.
+format. Sources are named by path, by ``sqlite:///path`` URL, or by a server's
+``ws://`` / ``wss://`` URL (for :func:`load`).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +24,7 @@ import orjson
 
 from evkit.patterns import compile_pattern, validate_patterns
 from evkit.store.sqlite import SCHEMA
+from evkit.tls import SSLOption
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,7 +40,8 @@ def _path_of(source: str | Path) -> Path:
         return Path(text[len("sqlite:///") :].split("?", 1)[0])
     if "://" in text:
         raise ValueError(
-            f"cannot read {text!r}: give a file path, sqlite:///path.db, or a .jsonl file"
+            f"cannot read {text!r}: give a file path, sqlite:///path.db, a .jsonl file, or "
+            "(to load) a server's ws:// URL"
         )
     return Path(text)
 
@@ -161,18 +166,72 @@ def load(
     correlation_id: str | None = None,
     since: Any = None,
     until: Any = None,
+    *,
+    seconds: float | None = None,
+    token: str | None = None,
+    ssl: SSLOption = None,
+    connect_timeout: float = 10.0,
 ) -> pd.DataFrame:
-    """A recording (or a SQLite store) as the collector's DataFrame.
+    """A recording, a SQLite store, or what a live server sends for ``seconds``, as the
+    collector's DataFrame.
 
     Same columns and dtypes as :meth:`evkit.Collector.to_dataframe`; filters as in
-    :func:`read_events`.
+    :func:`read_events`. A ``ws://`` or ``wss://`` source is listened to for
+    ``seconds`` (required then), with ``token``, ``ssl`` and ``connect_timeout`` as for
+    :func:`evkit.collect`.
+
+    Raises:
+        FileNotFoundError: no such recording.
+        ValueError: a malformed recording, or a live source without ``seconds``.
+        ConnectError: a live server could not be reached within ``connect_timeout``.
+        ProtocolError: a live server refused the subscription (a token, a pattern).
     """
     from evkit.columns import ColumnBuffer
 
+    if str(source).startswith(("ws://", "wss://")):
+        return _listen(
+            str(source),
+            patterns,
+            correlation_id,
+            since,
+            until,
+            seconds,
+            token=token,
+            ssl=ssl,
+            connect_timeout=connect_timeout,
+        )
     buffer = ColumnBuffer()
     for event in read_events(source, patterns, correlation_id, since, until):
         buffer.append(event)
     return buffer.to_frame()
+
+
+def _listen(
+    url: str,
+    patterns: Iterable[str],
+    correlation_id: str | None,
+    since: Any,
+    until: Any,
+    seconds: float | None,
+    **connection: Any,
+) -> pd.DataFrame:
+    """What ``url`` sends for ``seconds``, as :func:`load` returns it."""
+    from evkit.collector import collect
+
+    if seconds is None or not seconds > 0:
+        raise ValueError(
+            f"loading from a live server ({url}) needs seconds=..., how long to listen"
+        )
+    low, high = _to_ms(since, "since"), _to_ms(until, "until")
+    with collect(url, patterns, correlation_id, **connection) as collector:
+        threading.Event().wait(seconds)  # listening is what the caller asked for
+        frame = collector.to_dataframe()
+    stamps = frame["timestamp"].astype("int64") // 1_000_000
+    if low is not None:
+        frame = frame[stamps >= low]
+    if high is not None:
+        frame = frame[stamps <= high]
+    return frame.reset_index(drop=True)
 
 
 class RecordingWriter:

@@ -251,7 +251,7 @@ class RedisServer:
         self.stop(kill=True)
 
 
-SERVING = re.compile(r"serving (ws://\S+) \(health: (http://\S+)/healthz\)")
+SERVING = re.compile(r"serving (wss?://\S+) \(dashboard \S+, health (https?://\S+)/healthz\)")
 
 
 class Instance:

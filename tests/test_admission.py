@@ -73,13 +73,62 @@ def test_a_server_bound_elsewhere_answers_any_host_unless_told() -> None:
 
 
 def test_same_origin_is_scheme_host_and_port() -> None:
-    policy, _ = admission()
+    policy, _ = admission(loopback_origins=False)
     assert policy.check_origin("http://127.0.0.1:3000", "127.0.0.1:3000") is None
     assert policy.check_origin("https://127.0.0.1:3000", "127.0.0.1:3000") is not None
     assert policy.check_origin("http://127.0.0.1:3001", "127.0.0.1:3000") is not None
     assert policy.check_origin(None, "127.0.0.1:3000") is None  # not a browser
     closed, _ = admission(allow_missing_origin=False)
     assert closed.check_origin(None, "127.0.0.1:3000") is not None
+
+
+def test_same_origin_of_a_tls_server_is_https() -> None:
+    policy, _ = admission(loopback_origins=False, ssl_certfile="cert.pem")
+    assert policy.check_origin("https://127.0.0.1:3000", "127.0.0.1:3000") is None
+    assert policy.check_origin("http://127.0.0.1:3000", "127.0.0.1:3000") is not None
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("http://localhost:8000", True),
+        ("http://127.0.0.1:5173", True),
+        ("http://[::1]:8888", True),
+        ("https://localhost", True),
+        ("http://app.localhost:3001", True),
+        ("http://127.0.0.2:80", True),
+        ("null", False),
+        ("file://", False),
+        ("http://evil.example:3000", False),
+        ("http://localhost.evil.example", False),
+        ("ftp://localhost:21", False),
+        ("http://localhost:port", False),
+    ],
+)
+def test_a_loopback_server_lets_in_loopback_origins_of_any_port(origin: str, allowed: bool) -> None:
+    policy, _ = admission()
+    assert policy.origin_allowed(origin, "127.0.0.1:3000") is allowed
+    public, _ = admission(host="0.0.0.0", token=TOKEN)
+    assert not public.origin_allowed(origin, "events.example:3000")
+    closed, _ = admission(loopback_origins=False)
+    assert not closed.origin_allowed(origin, "127.0.0.1:3000")
+
+
+def test_null_is_let_in_only_when_listed_and_the_refusal_names_the_setting() -> None:
+    policy, counters = admission()
+    refusal = policy.check_origin("null", "127.0.0.1:3000")
+    assert refusal is not None
+    assert refusal.status == http.HTTPStatus.FORBIDDEN
+    assert refusal.body["error"] == (
+        "origin 'null' (a page opened from a file) is not allowed: add it to allowed_origins "
+        "(evkit serve --allowed-origins null, or EVKIT_ALLOWED_ORIGINS=null)"
+    )
+    assert dict(counters.rejected) == {"origin": 1}
+    listed, _ = admission(allowed_origins=("null", "https://app.example"))
+    assert listed.check_origin("null", "127.0.0.1:3000") is None
+    assert listed.check_origin("https://app.example", "127.0.0.1:3000") is None
+    # Listing origins adds to the defaults: loopback pages still come in.
+    assert listed.check_origin("http://localhost:8888", "127.0.0.1:3000") is None
 
 
 def admit(policy: Admission, query: str = "", **headers: str) -> Admitted | Refusal:

@@ -291,7 +291,8 @@ def test_metrics_is_plain_get_and_other_methods_are_refused(server: evkit.Server
     request_ = urllib.request.Request(f"{server.http_url}/metrics", data=b"{}", method="POST")
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request_, timeout=5)
-    assert info.value.code == 404
+    assert info.value.code == 405
+    assert info.value.headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
 def test_payloads_that_cannot_leave_the_process_are_counted_as_dropped() -> None:

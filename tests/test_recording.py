@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-import subprocess
-import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,6 +25,7 @@ import evkit
 from evkit.collector import FIXED_COLUMNS
 from evkit.recording import RecordingWriter, read_events
 from evkit.testing import wait_until
+from tests.cli_support import run_evkit, started
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 BASE = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
@@ -405,46 +405,18 @@ def test_writer_commits_every_thousand_events_without_flush(tmp_path: Path) -> N
 # -- the command line ---------------------------------------------------------------------------
 
 
-@contextmanager
-def evkit_command(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """``python -m evkit ARGS`` in a subprocess; killed on the way out if still running."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evkit", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=CLI_TIMEOUT)
-
-
-def run_evkit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "evkit", *args],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-
-
 def record_cli(srv: evkit.Server, out: Path, count: int, emit: Callable[[], None]) -> str:
     """Run ``evkit record``; emit once it is connected; its stdout once it exits."""
-    with evkit_command("record", srv.url, "--out", str(out), "--count", str(count)) as process:
+    with started("record", "--url", srv.url, "--out", str(out), "--count", str(count)) as run:
         wait_until(
-            lambda: srv.stats()["clients"] == 1 or process.poll() is not None,
+            lambda: srv.stats()["clients"] == 1 or run.process.poll() is not None,
             "the recorder has connected",
         )
-        assert process.poll() is None, process.communicate()[1]
+        assert run.process.poll() is None, "".join(run.stderr)
         emit()
         evkit.flush()
-        stdout, stderr = process.communicate(timeout=CLI_TIMEOUT)
-        assert process.returncode == 0, stderr
-    return stdout
+        assert run.process.wait(CLI_TIMEOUT) == 0, "".join(run.stderr)
+    return "".join(run.stdout)
 
 
 @pytest.mark.parametrize("name", ["x.db", "x.jsonl"])
@@ -481,7 +453,7 @@ def test_cli_replay_publishes_the_recording_in_order(tmp_path: Path) -> None:
     target = evkit.serve(port=0)
     try:
         with evkit.collect(target, ["*"]) as col:
-            result = run_evkit("replay", str(path), "--to", target.url, "--speed", "50")
+            result = run_evkit("replay", str(path), "--url", target.url, "--speed", "50")
             assert result.returncode == 0, result.stderr
             assert f"replayed 17 events to {target.url} at 50x" in result.stdout
             col.wait(count=17, timeout=10)
@@ -505,7 +477,7 @@ def test_cli_replay_honours_the_recorded_spacing(tmp_path: Path) -> None:
     target = evkit.serve(port=0)
     try:
         with evkit.collect(target, ["job.*"]) as col:
-            result = run_evkit("replay", str(path), "--to", target.url, "--speed", "10")
+            result = run_evkit("replay", str(path), "--url", target.url, "--speed", "10")
             assert result.returncode == 0, result.stderr
             col.wait(count=3, timeout=10)
             received = col.recent(10)
@@ -527,7 +499,7 @@ def test_cli_replay_filters_by_patterns(tmp_path: Path) -> None:
     try:
         with evkit.collect(target, ["*"]) as col:
             result = run_evkit(
-                "replay", str(path), "--to", target.url, "--speed", "1000", "--patterns", "repo.*"
+                "replay", str(path), "--url", target.url, "--speed", "1000", "--patterns", "repo.*"
             )
             assert result.returncode == 0, result.stderr
             col.wait(count=2, timeout=10)
@@ -543,10 +515,10 @@ def test_cli_replay_filters_by_patterns(tmp_path: Path) -> None:
 def test_cli_replay_errors(tmp_path: Path) -> None:
     srv = evkit.serve(port=0)
     try:
-        missing = run_evkit("replay", str(tmp_path / "missing.db"), "--to", srv.url)
+        missing = run_evkit("replay", str(tmp_path / "missing.db"), "--url", srv.url)
         assert missing.returncode == 1
         assert f"evkit: no recording at {tmp_path / 'missing.db'}" in missing.stderr
-        slow = run_evkit("replay", str(tmp_path / "missing.db"), "--to", srv.url, "--speed", "0")
+        slow = run_evkit("replay", str(tmp_path / "missing.db"), "--url", srv.url, "--speed", "0")
         assert slow.returncode == 2
         assert "--speed must be positive" in slow.stderr
     finally:
@@ -558,9 +530,35 @@ def test_cli_replay_of_a_malformed_recording_is_a_one_line_error(tmp_path: Path)
     path.write_text("{not json\n")
     srv = evkit.serve(port=0)
     try:
-        result = run_evkit("replay", str(path), "--to", srv.url)
+        result = run_evkit("replay", str(path), "--url", srv.url)
     finally:
         srv.stop()
     assert result.returncode == 1
     assert "bad.jsonl:1: not a JSON event" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_load_listens_to_a_live_server_for_its_seconds(server: evkit.Server) -> None:
+    loaded: list[pd.DataFrame] = []
+
+    def listen() -> None:
+        loaded.append(evkit.load(server.url, ["repo.*"], seconds=3.0))
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    wait_until(lambda: server.stats()["clients"] == 1, "load() has subscribed")
+    evkit.emit("repo.commit.created", {"n": 1}, correlation_id="req-1")
+    evkit.emit("claude.session.started", {"n": 2})
+    evkit.emit("repo.push.completed", {"n": 3})
+    evkit.flush()
+    listener.join(15)
+    [frame] = loaded
+    assert list(frame.columns[: len(FIXED_COLUMNS)]) == list(FIXED_COLUMNS)
+    assert list(frame["type"]) == ["repo.commit.created", "repo.push.completed"]
+
+
+def test_load_of_a_live_server_needs_seconds_and_a_server(server: evkit.Server) -> None:
+    with pytest.raises(ValueError, match="needs seconds="):
+        evkit.load(server.url)
+    with pytest.raises(evkit.ConnectError, match="could not connect"):
+        evkit.load("ws://127.0.0.1:9/ws/events", seconds=1, connect_timeout=1)

@@ -236,7 +236,9 @@ def test_allowed_origins_refuse_others_with_403() -> None:
             ):
                 status, body = await refused(srv.url, {"Origin": origin})
                 assert status == 403
-                assert body == {"error": f"origin {origin!r} is not allowed", "code": "forbidden"}
+                assert body["code"] == "forbidden"
+                assert body["error"].startswith(f"origin {origin!r}")
+                assert "add it to allowed_origins" in body["error"]
             for origin in ("https://ok.example", "https://app.ok.example"):
                 ws, _ = await open_client(srv.url, {"Origin": origin})
                 await ws.close()
@@ -249,22 +251,41 @@ def test_allowed_origins_refuse_others_with_403() -> None:
         srv.stop()
 
 
-def test_default_origin_rule_is_same_origin_only(server: evkit.Server) -> None:
+def test_default_origin_rule_is_same_origin_and_local_pages(server: evkit.Server) -> None:
+    # Bound to loopback: pages of this machine (any port) come in, nothing else does.
     async def scenario() -> None:
         same, _ = await open_client(server.url, {"Origin": f"http://127.0.0.1:{server.port}"})
-        for origin in (
-            f"http://localhost:{server.port}",
-            "http://127.0.0.1:1",
-            "https://evil.example",
-        ):
+        local, _ = await open_client(server.url, {"Origin": "http://localhost:8000"})
+        for origin in ("null", "https://evil.example", "http://localhost.evil.example"):
             status, _ = await refused(server.url, {"Origin": origin})
             assert status == 403
         emit_one_of_each()
         assert len(await recv_events(same, 4)) == 4
+        assert len(await recv_events(local, 4)) == 4
         await same.close()
+        await local.close()
 
     asyncio.run(scenario())
     assert rejected(server) == {"origin": 3}
+
+
+def test_a_server_bound_beyond_loopback_is_same_origin_only() -> None:
+    srv = evkit.serve("0.0.0.0", 0, token=TOKEN)
+    url = f"ws://127.0.0.1:{srv.port}/ws/events"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+
+        async def scenario() -> None:
+            same, _ = await open_client(url, {**auth, "Origin": f"http://127.0.0.1:{srv.port}"})
+            await same.close()
+            for origin in ("http://localhost:8000", "http://127.0.0.1:1"):
+                status, _ = await refused(url, {**auth, "Origin": origin})
+                assert status == 403
+
+        asyncio.run(scenario())
+        assert rejected(srv) == {"origin": 2}
+    finally:
+        srv.stop()
 
 
 def test_missing_origin_is_refused_when_not_allowed() -> None:
@@ -890,7 +911,7 @@ def test_post_events_refusals(auth_server: evkit.Server) -> None:
         response = connection.getresponse()
         assert response.status == 411
         assert orjson.loads(response.read()) == {
-            "error": "POST /events needs a Content-Length header"
+            "error": "POST /events needs a Content-Length header (or chunked encoding)"
         }
         connection.close()
         # A chunked body (what OTLP exporters send) is read whole and published.
@@ -913,7 +934,7 @@ def test_post_events_refusals(auth_server: evkit.Server) -> None:
             auth_server,
             b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n",
         )
-        assert answer_bytes.startswith(b"HTTP/1.1 411 ")
+        assert answer_bytes.startswith(b"HTTP/1.1 400 ")
         answer_bytes = raw_http(auth_server, b"POST /events HTTP/1.1\r\nX: " + b"a" * 20_000)
         assert answer_bytes.startswith(b"HTTP/1.1 431 ")
 
@@ -1157,7 +1178,9 @@ def test_allowed_hosts_admits_a_proxy_name_on_loopback() -> None:
         srv.stop()
 
 
-def test_same_origin_compares_the_scheme_too(server: evkit.Server) -> None:
+def test_same_origin_compares_the_scheme_too() -> None:
+    server = evkit.serve(port=0, loopback_origins=False)
+
     async def scenario() -> None:
         host = f"127.0.0.1:{server.port}"
         ws, _ = await open_client(server.url, {"Origin": f"http://{host}"})
@@ -1166,7 +1189,10 @@ def test_same_origin_compares_the_scheme_too(server: evkit.Server) -> None:
             status, body = await refused(server.url, {"Origin": origin})
             assert (status, body["code"]) == (403, "forbidden"), origin
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
 
 
 def test_a_publish_only_token_may_not_subscribe_nor_replay_later(jwt_server: evkit.Server) -> None:

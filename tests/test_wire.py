@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 
 from evkit.protocol import text_frame
-from evkit.server.wire import Peer, PostAnswer, listen, post_connection_class
+from evkit.server.wire import HttpAnswer, HttpRequest, Peer, http_connection_class, listen
 
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
@@ -113,9 +113,9 @@ async def post_server(limit: int) -> AsyncIterator[tuple[int, list[Any]]]:
     posted: list[Any] = []
     tasks: set[asyncio.Future[None]] = set()
 
-    async def handler(target: str, headers: dict[str, str], body: bytes) -> PostAnswer:
-        posted.append((target, headers.get("content-type"), body))
-        return PostAnswer.json(202, {"ok": True})
+    async def handler(request: HttpRequest) -> HttpAnswer:
+        posted.append((request.target, request.headers.get("content-type"), request.body))
+        return HttpAnswer.json(202, {"ok": True})
 
     async def websocket_handler(connection: ServerConnection) -> None:
         await connection.send("hello")
@@ -123,7 +123,7 @@ async def post_server(limit: int) -> AsyncIterator[tuple[int, list[Any]]]:
     server = await listen(
         websocket_handler,
         lambda connection, request: None,
-        post_connection_class(handler, lambda: limit, tasks),
+        http_connection_class(handler, lambda: limit, tasks),
         host="127.0.0.1",
         port=0,
         max_message_size=1024,
@@ -143,6 +143,7 @@ async def raw(port: int, chunks: list[bytes]) -> bytes:
         writer.write(chunk)
         await writer.drain()
         await asyncio.sleep(0)
+    writer.write_eof()  # the server closes once it has answered what it read
     answer = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     return answer
@@ -184,13 +185,15 @@ def test_a_bad_post_is_answered_and_closed(data: bytes, status: bytes) -> None:
     asyncio.run(scenario())
 
 
-def test_anything_but_post_goes_to_websockets_unchanged() -> None:
+def test_a_handshake_goes_to_websockets_and_a_plain_get_to_evkit() -> None:
     async def scenario() -> None:
-        async with post_server(limit=100) as (port, _):
+        async with post_server(limit=100) as (port, posted):
             async with connect(f"ws://127.0.0.1:{port}/ws/events") as client:
                 assert await asyncio.wait_for(client.recv(), 5) == "hello"
+            assert posted == []
             answer = await raw(port, [b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"])
-            assert answer.startswith(b"HTTP/1.1 426")  # websockets' own answer to plain GET
+            assert answer.startswith(b"HTTP/1.1 202")
+            assert posted == [("/nothing", None, b"")]
 
     asyncio.run(scenario())
 

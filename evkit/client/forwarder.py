@@ -51,6 +51,7 @@ from evkit.client.stats import Stats
 from evkit.exceptions import ConnectError, WaitTimeout
 from evkit.patterns import validate_patterns
 from evkit.redaction import DEFAULT_REDACT_KEYS, Redactor
+from evkit.tls import SSLOption
 
 __all__ = ["DEFAULT_REDACT_KEYS", "Forwarder", "ForwarderOptions", "connect"]
 
@@ -73,6 +74,7 @@ class ForwarderOptions(TypedDict, total=False):
     max_message_size: int
     messages_per_second: float
     backoff: tuple[float, float]
+    ssl: SSLOption
 
 
 def connect(url: str, token: str | None = None, **options: Unpack[ForwarderOptions]) -> Forwarder:
@@ -128,6 +130,8 @@ class Forwarder:
             rate limit (200 messages a second by default); raise both together.
         backoff: first and largest delay between reconnection attempts, in seconds
             (each delay is drawn at random up to the exponential bound).
+        ssl: for a ``wss://`` URL: an :class:`ssl.SSLContext`, or the path of a CA file
+            (PEM) to trust instead of the system's CAs.
 
     Raises:
         ValueError: a malformed URL or an option out of range.
@@ -149,6 +153,7 @@ class Forwarder:
         max_message_size: int = 64 * 1024,
         messages_per_second: float = 150.0,
         backoff: tuple[float, float] = (0.05, 5.0),
+        ssl: SSLOption = None,
     ) -> None:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -197,6 +202,7 @@ class Forwarder:
             flush_interval=flush_interval,
             max_message_size=max_message_size,
             messages_per_second=messages_per_second,
+            ssl=ssl,
         )
         self._handler = self._outbox.put
         self._task: asyncio.Task[None] | None = None  # the loop thread's

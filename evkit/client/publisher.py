@@ -47,6 +47,7 @@ from evkit.protocol import (
     with_query,
 )
 from evkit.protocol.encoding import PUBLISH_ENVELOPE
+from evkit.tls import SSLOption
 
 __all__ = ["BURST_MESSAGES", "Publisher"]
 
@@ -89,7 +90,7 @@ class Publisher:
         prepare: applied to each payload before it is encoded (redaction), or None.
         name: what owns it, for log lines ("forwarder", "evkit replay").
         logger: where to log rejections and unsendable events.
-        token, connect_timeout, backoff, fatal_refusals: the connection's
+        token, connect_timeout, backoff, fatal_refusals, ssl: the connection's
             (see :class:`~evkit.client.reconnect.Reconnecting`).
         batch_size: most events in one ``publish`` message.
         flush_interval: longest an event waits, in seconds, for more to batch with.
@@ -117,6 +118,7 @@ class Publisher:
         max_message_size: int = 64 * 1024,
         messages_per_second: float = 150.0,
         source_time: bool = True,
+        ssl: SSLOption = None,
     ) -> None:
         self.url = url
         self.source_time = source_time
@@ -139,6 +141,7 @@ class Publisher:
             probe=True,
             survive_errors=True,
             close_timeout=2.0,
+            ssl=ssl,
         )
         self._pace_interval = 1.0 / messages_per_second
         self._pace_at = 0.0

@@ -36,6 +36,7 @@ from evkit.exceptions import ProtocolError
 from evkit.protocol import CONNECTED, decode_server_message, ping_message, refusal
 from evkit.protocol.vocabulary import CLOSE_POLICY
 from evkit.redaction import CLIENT_WIRE_LOGGER
+from evkit.tls import SSLOption, client_context
 
 __all__ = ["RETRYABLE", "ConnectionStatus", "Reconnecting", "backoff_delay"]
 
@@ -103,6 +104,11 @@ class Reconnecting:
         survive_errors: an unexpected exception ends the connection, logged, and is
             retried, rather than ending :meth:`run`.
         max_size, close_timeout: as for websockets' ``connect``.
+        ssl: for a ``wss://`` URL, an :class:`ssl.SSLContext` or the path of a CA file
+            to trust instead of the system's (see :func:`evkit.tls.client_context`).
+
+    Raises:
+        ValueError: ``ssl`` for a ``ws://`` URL, or a CA file that cannot be used.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class Reconnecting:
         survive_errors: bool = False,
         max_size: int | None = 2**20,
         close_timeout: float = 10.0,
+        ssl: SSLOption = None,
     ) -> None:
         self.url = url
         self.name = name
@@ -137,6 +144,9 @@ class Reconnecting:
             "close_timeout": close_timeout,
             "additional_headers": {"Authorization": f"Bearer {token}"} if token else None,
         }
+        context = client_context(ssl, url())
+        if context is not None:
+            self._connect_options["ssl"] = context
         self._ws: ClientConnection | None = None
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()

@@ -42,6 +42,7 @@ from evkit.protocol import (
     with_query,
 )
 from evkit.protocol.vocabulary import REPLY_TYPES
+from evkit.tls import SSLOption
 
 __all__ = ["Subscriber", "SubscriberStats"]
 
@@ -90,9 +91,12 @@ class Subscriber:
             ``maxDelayMs``; far fewer frames at volume. None: one frame per event.
         token: a bearer token for a server with authentication (sent as the
             ``Authorization`` header, never in the URL).
+        ssl: for a ``wss://`` URL: an :class:`ssl.SSLContext`, or the path of a CA file
+            (PEM) to trust instead of the system's CAs.
 
     Raises:
         InvalidPatternError: a pattern is malformed (at construction).
+        ValueError: ``ssl`` for a ``ws://`` URL, or a CA file that cannot be used.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class Subscriber:
         epoch: str | None = None,
         batch: tuple[int, float] | None = (1000, 20.0),
         token: str | None = None,
+        ssl: SSLOption = None,
     ) -> None:
         self.url = url
         self.patterns = validate_patterns(list(patterns))
@@ -129,6 +134,7 @@ class Subscriber:
             backoff=backoff,
             fatal_refusals=_FATAL_REFUSALS,
             max_size=None,
+            ssl=ssl,
         )
         self._received = 0
         self._client_id: str | None = None

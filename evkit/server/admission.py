@@ -5,6 +5,9 @@ Every refusal of the broadcaster is decided here, worded once, counted once (in
 
 - any HTTP request: a server bound to loopback answers loopback ``Host`` names only
   (and ``allowed_hosts``): the DNS-rebinding defence;
+- browser origins (the handshake, ``POST`` and its CORS preflight): the server's own
+  origin, loopback origins on any port for a server bound to loopback
+  (``loopback_origins``), and ``allowed_origins``;
 - the WebSocket handshake: origin, per-address limits, connect parameters,
   credentials (``Authorization: Bearer`` or ``?token=``), the ``subscribe`` scope and
   the JWT's patterns, and capacity (``max_connections``, and ``max_authenticating`` for
@@ -13,7 +16,9 @@ Every refusal of the broadcaster is decided here, worded once, counted once (in
 - ``POST /events`` and ``publish``: ``allow_publish`` and the ``publish`` scope;
 - ``subscribe``: the ``subscribe`` scope and the allowed patterns.
 
-Pure policy over plain values: no sockets, no websockets objects.
+Pure policy over plain values: no sockets, no websockets objects. The one wait is
+:meth:`Admission.ready`, which lets the authenticator fetch a JWKS document before a
+credential is checked.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import fnmatch
 import http
 import ipaddress
 import logging
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from evkit.auth import ANONYMOUS, Authenticator, Principal
 from evkit.exceptions import ProtocolError
@@ -72,7 +79,16 @@ class Admission:
 
     def __init__(self, settings: ServerSettings, counters: Counters) -> None:
         self.settings = settings
-        self.auth = Authenticator(settings.token, settings.jwt_secret, settings.jwt_public_key)
+        self.auth = Authenticator(
+            settings.token,
+            settings.jwt_secret,
+            settings.jwt_public_key,
+            settings.jwt_leeway,
+            jwks_url=settings.jwt_jwks_url,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            algorithms=settings.jwt_algorithms,
+        )
         self._counters = counters
         self._loopback = is_loopback(settings.host)
         self._addresses = AddressLimits(
@@ -121,22 +137,41 @@ class Admission:
             "forbidden",
         )
 
-    def check_origin(self, origin: str | None, host: str | None) -> Refusal | None:
-        """Whether a browser page of ``origin`` may connect or post."""
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Whether a browser page of ``origin`` may connect or post (None: no Origin)."""
         settings = self.settings
         if origin is None:
-            allowed = settings.allow_missing_origin
-        elif settings.allowed_origins is None:
-            # Same origin only, the page this server itself served: scheme, host and port
-            # (the Host header was already checked).
-            allowed = host is not None and origin == f"http://{host}"
-        else:
-            allowed = any(fnmatch.fnmatchcase(origin, p) for p in settings.allowed_origins)
-        if allowed:
+            return settings.allow_missing_origin
+        scheme = "https" if settings.tls else "http"
+        if host is not None and origin == f"{scheme}://{host}":
+            return True  # the page this server itself served (the Host was checked)
+        if settings.loopback_origins and self._loopback and _is_loopback_origin(origin):
+            return True
+        patterns = settings.allowed_origins or ()
+        return any(fnmatch.fnmatchcase(origin, p) for p in patterns)
+
+    def check_origin(self, origin: str | None, host: str | None) -> Refusal | None:
+        """Whether a browser page of ``origin`` may connect or post; the refusal says
+        which setting would let it in."""
+        if self.origin_allowed(origin, host):
             return None
-        return self.refuse(
-            http.HTTPStatus.FORBIDDEN, "origin", f"origin {origin!r} is not allowed", "forbidden"
-        )
+        if origin is None:
+            error = (
+                "requests without an Origin header are not allowed "
+                "(allow_missing_origin, EVKIT_ALLOW_MISSING_ORIGIN=true)"
+            )
+        else:
+            what = " (a page opened from a file)" if origin == "null" else ""
+            error = (
+                f"origin {origin!r}{what} is not allowed: add it to allowed_origins "
+                f"(evkit serve --allowed-origins {shlex.quote(origin)}, or "
+                f"EVKIT_ALLOWED_ORIGINS={shlex.quote(origin)})"
+            )
+        return self.refuse(http.HTTPStatus.FORBIDDEN, "origin", error, "forbidden")
+
+    async def ready(self, headers: Mapping[str, str], query: str) -> None:
+        """Fetch what checking the request's credential needs (a JWKS); never raises."""
+        await self.auth.ready(credential(headers, query))
 
     def check_metrics(self, headers: Mapping[str, str], query: str) -> Refusal | None:
         """Whether a request may read the counters (``/metrics``, the full ``/healthz``).
@@ -318,6 +353,17 @@ def is_loopback_name(name: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _is_loopback_origin(origin: str) -> bool:
+    """Whether ``origin`` is a page of this machine: http(s) on a loopback name, any port."""
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
+    name = parts.hostname
+    return parts.scheme in ("http", "https") and name is not None and is_loopback_name(name)
 
 
 def is_loopback(host: str) -> bool:

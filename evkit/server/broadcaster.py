@@ -52,8 +52,9 @@ from evkit.server.replay import Replayer
 from evkit.server.routes import Routes
 from evkit.server.session import Session
 from evkit.server.settings import ServerSettings
-from evkit.server.wire import listen, post_connection_class
+from evkit.server.wire import close_idle, http_connection_class, listen
 from evkit.store.base import Record
+from evkit.tls import server_context
 
 __all__ = ["Broadcaster"]
 
@@ -97,6 +98,7 @@ class Broadcaster:
             self.counters,
             settings.client_buffer_limit,
             lambda: self._closing,
+            lambda: self.backplane.delivered_id,
         )
         self.routes = Routes(self)
         #: Handshakes let in, until their handler takes them.
@@ -105,6 +107,7 @@ class Broadcaster:
         self.clients: dict[Writable, Session] = {}
         self._sessions: set[Session] = set()  # every connection past the handshake
         self._server: WebSocketServer | None = None
+        self._connection_class: type[ServerConnection] = ServerConnection  # made by start()
         self._closing = False
         self._closers: set[asyncio.Future[None]] = set()
         self.port = settings.port
@@ -149,8 +152,10 @@ class Broadcaster:
         Raises:
             PortInUseError: the port is held by another process.
             ServerError: the store or the port could not be opened (the message says why).
+            ValueError: a TLS certificate or key file is missing or unusable.
         """
         settings = self.settings
+        tls = server_context(settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs)
         try:
             self.backplane.open()
         except (OSError, StoreUnavailable) as exc:
@@ -160,18 +165,20 @@ class Broadcaster:
             await self.backplane.start(self.ingress, self)
         except StoreUnavailable as exc:
             raise ServerError(str(exc)) from None
+        self._connection_class = http_connection_class(
+            self.routes.handle_http, lambda: settings.max_post_size, self._closers
+        )
         try:
             self._server = await listen(
                 self._handle,
                 self.routes.process_request,
-                post_connection_class(
-                    self.routes.handle_post, lambda: settings.max_post_size, self._closers
-                ),
+                self._connection_class,
                 host=settings.host,
                 port=settings.port,
                 max_message_size=settings.max_message_size,
                 compression=settings.compression,
                 ping_interval=settings.ping_interval,
+                ssl=tls,
             )
         except OSError as exc:
             await self.backplane.close()
@@ -188,8 +195,13 @@ class Broadcaster:
             )
             logger.warning(message)
             warnings.warn(message, EvkitWarning, stacklevel=2)
+        scheme = "wss" if settings.tls else "ws"
         logger.info(
-            "evkit broadcaster listening on ws://%s:%d%s", settings.host, self.port, EVENTS_PATH
+            "evkit broadcaster listening on %s://%s:%d%s",
+            scheme,
+            settings.host,
+            self.port,
+            EVENTS_PATH,
         )
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -210,6 +222,7 @@ class Broadcaster:
         self.fanout.flush_all()
         server = self._server
         server.close(close_connections=False)
+        close_idle(self._connection_class)  # keep-alive HTTP connections between requests
         closers = [
             asyncio.ensure_future(
                 session.connection.close(CLOSE_GOING_AWAY, "server shutting down")
@@ -369,6 +382,6 @@ class Broadcaster:
         return self.counters.stats(
             clients=len(self.clients),
             pending=len(self.ingress.pending),
-            last_id=history.format_id(history.last_id),
+            last_id=history.format_id(self.backplane.delivered_id),
             epoch=history.epoch,
         )

@@ -74,14 +74,15 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The event stream's URL, ``ws://HOST:PORT/ws/events``."""
+        """The event stream's URL, ``ws://HOST:PORT/ws/events`` (``wss://`` with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}{EVENTS_PATH}"
+        scheme = "wss" if self.settings.tls else "ws"
+        return f"{scheme}://{host}:{self.port}{EVENTS_PATH}"
 
     @property
     def http_url(self) -> str:
-        """The base URL of the HTTP routes (``/healthz``)."""
-        return self.url.replace("ws://", "http://", 1).removesuffix(EVENTS_PATH)
+        """The base URL of the HTTP routes (``/healthz``), ``http://`` or ``https://``."""
+        return "http" + self.url.removeprefix("ws").removesuffix(EVENTS_PATH)
 
     def _on_loop(self, read: Callable[[], T]) -> T:
         """``read()`` on the broadcaster's loop, the one place its state may be touched.
@@ -129,6 +130,12 @@ class Server:
         state = "running" if self.running else "stopped"
         return f"<evkit.Server {self.url} {state}>"
 
+    def _repr_html_(self) -> str:
+        """The card a notebook shows for a server: URLs, clients, counts and rates."""
+        from evkit._notebook_repr import server_html
+
+        return server_html(self.url, self.running, self.stats() if self.running else {})
+
 
 _registry_lock = threading.RLock()
 _servers: dict[tuple[str, int], Server] = {}
@@ -153,7 +160,7 @@ def serve(
     Raises:
         PortInUseError: another process holds the port.
         TypeError: an unknown option.
-        ValueError: an option out of range.
+        ValueError: an option out of range, or a TLS file that cannot be used.
     """
     if "token" not in options and os.environ.get("EVKIT_TOKEN"):
         options["token"] = os.environ["EVKIT_TOKEN"]

@@ -11,10 +11,16 @@ each pinned by ``tests/test_wire.py`` so that a new websockets major is a change
   telling an open connection from one whose closing handshake started; and, for a
   connection with permessage-deflate, on ``protocol.send_text`` plus
   ``connection.send_data()`` to send through the connection's compressor.
-- :func:`post_connection_class` makes a connection class that reads ``POST`` requests
-  itself (websockets' HTTP parser handles only the ``GET`` of a handshake): the first
-  bytes decide, and anything but a ``POST`` goes to websockets unchanged.
-- :func:`listen` is the one call of websockets' ``serve`` with evkit's options.
+- :func:`http_connection_class` makes a connection class that reads plain HTTP itself
+  (websockets' HTTP parser handles only the ``GET`` of a handshake, and closes the
+  connection after any other answer), with keep-alive (:mod:`evkit.server.http11`):
+  the first request whose ``Upgrade`` header says ``websocket`` goes to websockets
+  unchanged. It relies on ``ServerConnection.connection_made`` doing nothing but
+  ``Connection.connection_made`` and starting ``server.handler`` as a task registered
+  in ``server.handler_tasks``, which it then does itself when the handshake comes, so
+  websockets' ``open_timeout`` applies to WebSocket handshakes only.
+- :func:`listen` is the one call of websockets' ``serve`` with evkit's options (TLS
+  included).
 
 Must not decide policy (who may connect, what to send): that is the broadcaster's.
 """
@@ -22,13 +28,12 @@ Must not decide policy (who may connect, what to send): that is the broadcaster'
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import replace
+from ssl import SSLContext
 
-import orjson
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
@@ -36,8 +41,24 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from evkit.redaction import ScrubbingLogger
+from evkit.server.http11 import (
+    HttpAnswer,
+    HttpRequest,
+    Incomplete,
+    encode_answer,
+    keep_alive,
+    read_request,
+)
 
-__all__ = ["Peer", "PostAnswer", "PostHandler", "listen", "post_connection_class"]
+__all__ = [
+    "HttpAnswer",
+    "HttpHandler",
+    "HttpRequest",
+    "Peer",
+    "PostAnswer",
+    "http_connection_class",
+    "listen",
+]
 
 logger = logging.getLogger("evkit.server")
 
@@ -48,22 +69,13 @@ _MAX_HEADERS = 16 * 1024
 _WIRE_LOGGER = ScrubbingLogger(logging.getLogger("websockets.server"))
 
 
-@dataclass(frozen=True)
-class PostAnswer:
-    """The answer to a POST: status, body bytes, their content type, extra headers."""
-
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def json(cls, status: int, document: Any) -> PostAnswer:
-        return cls(status, orjson.dumps(document))
-
-
-#: ``handler(target, headers, body)`` answers a POST.
-PostHandler = Callable[[str, dict[str, str], bytes], Awaitable[PostAnswer]]
+#: The former name of :class:`~evkit.server.http11.HttpAnswer` (POST routes use it).
+PostAnswer = HttpAnswer
+#: ``handler(request)`` answers a plain HTTP request (anything but a WebSocket upgrade).
+HttpHandler = Callable[[HttpRequest], Awaitable[HttpAnswer]]
+#: Seconds a connection has to send a whole request, from its opening or the previous
+#: answer (an idle keep-alive connection is closed then).
+REQUEST_TIMEOUT = 10.0
 
 
 class Peer:
@@ -120,161 +132,160 @@ class Peer:
         return self.transport.is_closing() or self.protocol.state is not _OPEN
 
 
-def post_connection_class(
-    handler: PostHandler, max_body: Callable[[], int], tasks: set[asyncio.Future[None]]
+def http_connection_class(
+    handler: HttpHandler, max_body: Callable[[], int], tasks: set[asyncio.Future[None]]
 ) -> type[ServerConnection]:
-    """A connection class that answers ``POST`` requests with ``handler``.
+    """A connection class that answers plain HTTP requests with ``handler``.
 
-    ``max_body()`` is the largest body accepted (413 past it); the answer's task is
-    kept in ``tasks`` while it runs.
+    ``max_body()`` is the largest body accepted (413 past it); each answer's task is
+    kept in ``tasks`` while it runs. Call :func:`close_idle` with the class when the
+    server stops.
     """
 
     return type(
         "EvkitServerConnection",
-        (_PostConnection,),
+        (_HttpConnection,),
         {
-            "post_handler": staticmethod(handler),
-            "post_limit": staticmethod(max_body),
-            "post_tasks": tasks,
+            "http_handler": staticmethod(handler),
+            "body_limit": staticmethod(max_body),
+            "answer_tasks": tasks,
+            "idle": set(),
         },
     )
 
 
-class _PostConnection(ServerConnection):
-    """A connection that also answers ``POST``, which websockets' parser cannot read."""
+def close_idle(connection_class: type[ServerConnection]) -> int:
+    """Close the connections of ``connection_class`` waiting for their next request (a
+    stopping server's keep-alive connections); returns how many."""
+    idle: set[_HttpConnection] = getattr(connection_class, "idle", set())
+    closing = list(idle)
+    for connection in closing:
+        connection.transport.close()
+    idle.clear()
+    return len(closing)
 
-    post_handler: PostHandler
-    post_limit: Callable[[], int]
-    post_tasks: set[asyncio.Future[None]]
-    _evkit_http: bytearray | None = None
-    _evkit_mode: str | None = None  # None (undecided), "ws", "post", "answered"
+
+class _HttpConnection(ServerConnection):
+    """A connection that reads plain HTTP itself, with keep-alive, and hands a WebSocket
+    handshake to websockets, whose handler starts only then."""
+
+    http_handler: HttpHandler
+    body_limit: Callable[[], int]
+    answer_tasks: set[asyncio.Future[None]]
+    idle: set[_HttpConnection]  # waiting for a request: closed when the server stops
+    _buffer: bytearray
+    _websocket = False
+    _busy = False  # a request is being answered: the next waits in the buffer
+    _eof = False
+    _timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # websockets' ServerConnection starts its handler (and its open_timeout) here;
+        # evkit starts it once the request is a WebSocket handshake.
+        Connection.connection_made(self, transport)
+        self._buffer = bytearray()
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
-        if self._evkit_mode == "ws":
+        if self._websocket:
             super().data_received(data)
             return
-        if self._evkit_http is None:
-            self._evkit_http = bytearray()
-        buffer = self._evkit_http
-        buffer += data
-        if self._evkit_mode is None:
-            if len(buffer) < 5 and b"POST "[: len(buffer)] == bytes(buffer):
-                return  # not enough to tell yet
-            if not buffer.startswith(b"POST "):
-                self._evkit_mode = "ws"
-                self._evkit_http = None
-                super().data_received(bytes(buffer))
-                return
-            self._evkit_mode = "post"
-        if self._evkit_mode == "post":
-            self._maybe_answer(buffer)
+        self._buffer += data
+        if not self._busy:
+            self._next()
 
-    def _maybe_answer(self, buffer: bytearray) -> None:
-        head_end = buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            if len(buffer) > _MAX_HEADERS:
-                self._answer(PostAnswer.json(431, {"error": "request headers too large"}))
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's signature
+        if self._websocket:
+            return super().eof_received()
+        self._eof = True
+        if not self._busy:
+            self._next()
+        return True  # the transport stays open to write what is being answered
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(REQUEST_TIMEOUT, self._timed_out)
+        self.idle.add(self)
+
+    def _disarm(self) -> None:
+        self.idle.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        if not self._busy and not self._websocket:
+            self.transport.close()
+
+    def _next(self) -> None:
+        """Answer the next request of the buffer once it is whole."""
+        read = read_request(self._buffer, self.body_limit())
+        if isinstance(read, Incomplete):
+            if read.continue_:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            elif self._eof:
+                self.transport.close()
             return
-        lines = bytes(buffer[:head_end]).decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        body = self._body(buffer, head_end + 4, headers)
-        if body is None:
-            return  # the rest of the body is still to come (or the request was answered)
-        self._evkit_mode = "answered"
-        parts = lines[0].split(" ")
-        target = parts[1] if len(parts) > 1 else "/"
-        self._evkit_http = None
-        task = asyncio.ensure_future(self._answer_later(target, headers, body))
-        self.post_tasks.add(task)
-        task.add_done_callback(self.post_tasks.discard)
+        if isinstance(read, HttpAnswer):
+            self._write(read, head_only=False, keep=False)
+            return
+        request, end = read
+        if request.upgrade:
+            self._to_websocket()
+            return
+        del self._buffer[:end]
+        remote = self.transport.get_extra_info("peername")
+        request = replace(request, remote=str(remote[0]) if remote else "?")
+        self._busy = True
+        self._disarm()
+        task = asyncio.ensure_future(self._answer(request))
+        self.answer_tasks.add(task)
+        task.add_done_callback(self.answer_tasks.discard)
 
-    def _body(self, buffer: bytearray, start: int, headers: dict[str, str]) -> bytes | None:
-        """The request body once whole: ``Content-Length`` or ``chunked``; None until then.
-
-        A body past ``post_limit()`` (declared or sent) is answered with 413, one with
-        neither framing with 411, malformed chunks with 400.
-        """
-        limit = self.post_limit()
-        if headers.get("transfer-encoding", "").lower() == "chunked":
+    async def _answer(self, request: HttpRequest) -> None:
+        if self.server.is_serving():
             try:
-                body = _dechunk(buffer, start, limit)
-            except ValueError as exc:
-                status = 413 if "max_post_size" in str(exc) else 400
-                self._answer(PostAnswer.json(status, {"error": str(exc)}))
-                return None
-            return body
-        length_text = headers.get("content-length")
-        if length_text is None or not (length_text.isascii() and length_text.isdigit()):
-            self._answer(
-                PostAnswer.json(411, {"error": "POST /events needs a Content-Length header"})
-            )
-            return None
-        length = int(length_text)
-        if length > limit:
-            error = f"body of {length} bytes exceeds max_post_size={limit}"
-            self._answer(PostAnswer.json(413, {"error": error}))
-            return None
-        if len(buffer) - start < length:
-            return None  # wait for the rest of the body
-        return bytes(buffer[start : start + length])
+                answer = await self.http_handler(request)
+            except Exception:
+                logger.exception("answering %s %s failed", request.method, request.target[:100])
+                answer = HttpAnswer.json(500, {"error": "internal error; see the server's log"})
+        else:
+            answer = HttpAnswer.json(503, {"error": "the server is shutting down"})
+        if self.transport.is_closing():
+            return
+        keep = keep_alive(request) and self.server.is_serving()
+        self._write(answer, head_only=request.method == "HEAD", keep=keep)
+        if keep:
+            self._busy = False
+            self._arm()
+            self._next()  # a pipelined request, or the end after the client's EOF
 
-    async def _answer_later(self, target: str, headers: dict[str, str], body: bytes) -> None:
-        answer = await self.post_handler(target, headers, body)
-        if not self.transport.is_closing():
-            self._answer(answer)
+    def _write(self, answer: HttpAnswer, *, head_only: bool, keep: bool) -> None:
+        self.transport.write(encode_answer(answer, head_only=head_only, keep=keep))
+        if not keep:
+            self._busy = True  # nothing more is read
+            self.transport.close()
 
-    def _answer(self, answer: PostAnswer) -> None:
-        self._evkit_mode = "answered"
-        phrase = http.HTTPStatus(answer.status).phrase
-        extra = "".join(f"{name}: {value}\r\n" for name, value in answer.headers)
-        self.transport.write(
-            f"HTTP/1.1 {answer.status} {phrase}\r\nContent-Type: {answer.content_type}\r\n"
-            f"Content-Length: {len(answer.body)}\r\nConnection: close\r\nServer: evkit\r\n"
-            f"{extra}\r\n".encode()
-            + answer.body
-        )
-        self.transport.close()
-
-
-def _dechunk(buffer: bytearray, start: int, limit: int) -> bytes | None:
-    """A ``Transfer-Encoding: chunked`` body from ``start``; None while incomplete.
-
-    Raises:
-        ValueError: a malformed chunk, or more than ``limit`` bytes of body (the message
-            names max_post_size).
-    """
-    body = bytearray()
-    at = start
-    while True:
-        line_end = buffer.find(b"\r\n", at)
-        if line_end < 0:
-            if len(buffer) - at > 64:
-                raise ValueError("malformed chunk size line")
-            return None
-        size_text = bytes(buffer[at:line_end]).partition(b";")[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ValueError(f"malformed chunk size {size_text[:20]!r}") from None
-        if len(body) + size > limit:
-            raise ValueError(f"chunked body exceeds max_post_size={limit}")
-        data_start = line_end + 2
-        if size == 0:  # the last chunk; trailers (ignored) end with an empty line
-            return bytes(body) if buffer.find(b"\r\n\r\n", line_end) >= 0 else None
-        if len(buffer) < data_start + size + 2:
-            return None
-        if buffer[data_start + size : data_start + size + 2] != b"\r\n":
-            raise ValueError("malformed chunk: its data does not end with CRLF")
-        body += buffer[data_start : data_start + size]
-        at = data_start + size + 2
+    def _to_websocket(self) -> None:
+        """Hand the connection to websockets, from the handshake's first byte on."""
+        self._websocket = True
+        self._disarm()
+        # What ServerConnection.connection_made does (see the module docstring).
+        handler_task = self.loop.create_task(self.server.handler(self))
+        self.server.handler_tasks.add(handler_task)
+        data, self._buffer = bytes(self._buffer), bytearray()
+        super().data_received(data)
 
 
 async def listen(
     handler: Callable[[ServerConnection], Awaitable[None]],
-    process_request: Callable[[ServerConnection, Request], Response | None],
+    process_request: Callable[
+        [ServerConnection, Request], Awaitable[Response | None] | Response | None
+    ],
     connection_class: type[ServerConnection],
     *,
     host: str,
@@ -282,8 +293,10 @@ async def listen(
     max_message_size: int,
     compression: bool,
     ping_interval: float | None,
+    ssl: SSLContext | None = None,
 ) -> WebSocketServer:
-    """Start websockets' server with evkit's options; raises OSError when it cannot bind."""
+    """Start websockets' server with evkit's options (TLS with ``ssl``); raises OSError
+    when it cannot bind."""
     return await websockets_serve(
         handler,
         host,
@@ -297,4 +310,5 @@ async def listen(
         server_header="evkit",
         logger=_WIRE_LOGGER,
         create_connection=connection_class,
+        ssl=ssl,
     )

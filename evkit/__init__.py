@@ -7,14 +7,17 @@ The public API is exactly what ``__all__`` lists; everything else is private::
     evkit.emit("repo.commit.created", {"path": "/src"}, correlation_id="req-7")
     evkit.flush()
     srv.stop()
+
+In a notebook, ``%load_ext evkit`` adds ``%%trace`` and ``%evkit`` (:mod:`evkit.ipython`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from evkit import bus
-from evkit.bus import Event, EventBus, RequestBus, emit, emits, request_bus
+from evkit.bus import Event, EventBus, RequestBus, emit, request_bus
+from evkit.client.stream import EventStream, subscribe
 from evkit.collector import Collector, capture, collect
 from evkit.context import correlation, current_correlation_id
 from evkit.exceptions import (
@@ -30,8 +33,10 @@ from evkit.exceptions import (
     StoreUnavailable,
     WaitTimeout,
 )
+from evkit.logs import LoggingHandler
 from evkit.recording import load
 from evkit.server import Broadcaster, Server, ServerSettings, flush, running_servers, serve
+from evkit.tracing import Span, emits, span
 
 if TYPE_CHECKING:
     from evkit.client import Forwarder
@@ -60,6 +65,23 @@ def dashboard(source: object, **options: object) -> Dashboard:
     return build(source, **options)  # type: ignore[arg-type]  # options are checked there
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext evkit``: registers ``%%trace`` and ``%evkit`` (see :mod:`evkit.ipython`).
+
+    IPython is imported only here.
+    """
+    from evkit.ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext evkit``: stops the server ``%evkit serve`` started."""
+    from evkit.ipython import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 def __getattr__(name: str) -> object:
     # evkit.analysis needs pandas and matplotlib; a broadcaster-only install must not
     # import them, so these submodules load on first use (``evkit.analysis.spans``).
@@ -76,10 +98,12 @@ __all__ = [
     "ConnectError",
     "Event",
     "EventBus",
+    "EventStream",
     "EvkitError",
     "EvkitWarning",
     "InvalidEventError",
     "InvalidPatternError",
+    "LoggingHandler",
     "LoopError",
     "PortInUseError",
     "ProtocolError",
@@ -87,6 +111,7 @@ __all__ = [
     "Server",
     "ServerError",
     "ServerSettings",
+    "Span",
     "StoreUnavailable",
     "WaitTimeout",
     "__version__",
@@ -101,7 +126,11 @@ __all__ = [
     "emits",
     "flush",
     "load",
+    "load_ipython_extension",
     "request_bus",
     "running_servers",
     "serve",
+    "span",
+    "subscribe",
+    "unload_ipython_extension",
 ]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import html
 import io
 import math
+import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from evkit import analysis
@@ -24,11 +26,32 @@ from evkit.collector import FIXED_COLUMNS
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["counters_html", "placeholder", "png", "table_html", "waterfall"]
+__all__ = ["categories", "counters_html", "placeholder", "png", "table_html", "waterfall"]
 
+_CATEGORY_PATTERN: Final = re.compile(r"([A-Za-z0-9_-]+)\.\*")
 _PAYLOAD_CHARS: Final = 160
 _TOP_TYPES: Final = 8
 _DPI: Final = 80
+
+
+def categories(
+    known: Sequence[str], types: Iterable[str], patterns: Iterable[str], most: int
+) -> tuple[str, ...]:
+    """The category toggles a dashboard shows, learnt from the system it watches.
+
+    ``known`` first (a starting set, such as the original system's five), then the
+    first segment of each event type seen (``types``) and each category a held
+    pattern names (``log.*``), in the order given, without repeats; at most ``most``.
+    """
+    shown = dict.fromkeys(known)
+    for pattern in patterns:
+        match = _CATEGORY_PATTERN.fullmatch(pattern)
+        if match:
+            shown.setdefault(match.group(1))
+    for type_ in types:
+        shown.setdefault(type_.partition(".")[0])
+    shown.pop("", None)
+    return tuple(shown)[:most]
 
 
 def waterfall(request: pd.DataFrame, correlation_id: str, most_spans: int) -> analysis.Figure:

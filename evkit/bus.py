@@ -2,9 +2,9 @@
 
 The global bus is reached through this module's functions (``evkit.bus.on(...)``,
 ``evkit.emit(...)``); :func:`request_bus` gives a bus bound to one correlation ID that
-forwards to the global one; :func:`emits` instruments a function with
-``.started`` / ``.completed`` / ``.failed`` events. ``serve()`` attaches a broadcaster
-to the global bus as one more handler.
+forwards to the global one. ``serve()`` attaches a broadcaster to the global bus as one
+more handler. Spans (``evkit.span``, ``@evkit.emits``) are :mod:`evkit.tracing`'s, which
+emits through this bus; ``evkit.bus.emits`` still names that decorator.
 
 Handlers run on the emitting thread, synchronously, in registration order. An async
 handler is scheduled on the emitting thread's running loop, or on evkit's loop thread
@@ -17,20 +17,20 @@ This module does no network I/O.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from evkit.context import correlation, current_correlation_id, new_span_id, span
+from evkit.context import correlation, current_correlation_id
 from evkit.exceptions import InvalidEventError
 from evkit.patterns import SubscriptionIndex, validate_pattern
 from evkit.protocol import now_ms, validate_event_type
+
+if TYPE_CHECKING:
+    from evkit.tracing import emits as emits
 
 __all__ = [
     "Event",
@@ -269,172 +269,11 @@ def request_bus(correlation_id: str, parent: EventBus | None = None) -> RequestB
     return RequestBus(correlation_id, parent)
 
 
-def emits(
-    name: str,
-    threshold_ms: float | None = None,
-    *,
-    bus: EventBus | None = None,
-    fields: Callable[..., Mapping[str, Any]] | None = None,
-    result_fields: Callable[[Any], Mapping[str, Any]] | None = None,
-) -> Callable[[F], F]:
-    """Instrument a sync or async function as the operation ``name``.
+def __getattr__(name: str) -> Any:
+    # ``from evkit.bus import emits`` predates evkit.tracing, which imports this module:
+    # resolved on first use, so the import graph stays tracing -> bus.
+    if name == "emits":
+        from evkit.tracing import emits
 
-    Each call emits ``name.started`` (``spanId``, ``parentSpanId``, ``correlationId``),
-    then ``name.completed`` (``duration`` in ms, ``spanId``, ``parentSpanId``,
-    ``correlationId``; it is null outside any correlation) or, when
-    it raises, ``name.failed`` (also ``errorType``, ``errorMessage``) before the
-    exception propagates unchanged. A call inside another instrumented call gets that
-    call's span as ``parentSpanId``. When ``threshold_ms`` is given and exceeded,
-    ``performance.slowOperation.detected`` follows with ``service`` (the first segment
-    of ``name``), ``operation`` (``name``), ``duration``, ``threshold`` and
-    ``correlationId``.
-
-    ``fields(*args, **kwargs)``, when given, is called with the call's arguments and its
-    mapping is added to all three events (``@emits("github.api", fields=lambda endpoint:
-    {"endpoint": endpoint})``); ``result_fields(result)`` adds to ``.completed`` what the
-    return value tells (a status code, a row count).
-
-    Raises:
-        InvalidEventError: ``name`` is not a dotted name (raised at decoration time).
-    """
-    validate_event_type(name)
-    return _Operation(name, threshold_ms, bus, fields, result_fields).instrument
-
-
-class _Operation:
-    """One ``@emits(...)`` operation: its event types, its bus and what its events add.
-
-    Shared by every function it instruments and every call of them; what one call
-    needs (its span, its start time, its result) lives in :meth:`_call`.
-    """
-
-    __slots__ = (
-        "_bus",
-        "_completed",
-        "_failed",
-        "_fields",
-        "_name",
-        "_result_fields",
-        "_service",
-        "_started",
-        "_threshold_ms",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        threshold_ms: float | None,
-        bus: EventBus | None,
-        fields: Callable[..., Mapping[str, Any]] | None,
-        result_fields: Callable[[Any], Mapping[str, Any]] | None,
-    ) -> None:
-        self._name = name
-        self._service = name.split(".", 1)[0]
-        self._started = f"{name}.started"
-        self._completed = f"{name}.completed"
-        self._failed = f"{name}.failed"
-        self._threshold_ms = threshold_ms
-        self._bus = bus
-        self._fields = fields
-        self._result_fields = result_fields
-
-    def instrument(self, function: F) -> F:
-        """``function`` wrapped so that each call emits the operation's events."""
-        if inspect.iscoroutinefunction(function):
-
-            @functools.wraps(function)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._call(args, kwargs) as result:
-                    return result.keep(await function(*args, **kwargs))
-
-            return cast(F, async_wrapper)
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self._call(args, kwargs) as result:
-                return result.keep(function(*args, **kwargs))
-
-        return cast(F, wrapper)
-
-    def _target(self) -> EventBus:
-        # Looked up per call: the global bus is whatever it is when the call happens.
-        return self._bus if self._bus is not None else global_bus
-
-    @contextmanager
-    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[_Result]:
-        """One call of the instrumented function, in a span of its own.
-
-        Emits ``.started`` on entry; on exit ``.completed`` with the value the wrapper
-        kept, or ``.failed`` when the function raised (the exception propagates).
-        """
-        span_id = new_span_id()
-        base = dict(self._fields(*args, **kwargs)) if self._fields is not None else {}
-        with span(span_id) as parent:
-            # correlationId is always present (null without one), as on the slow-operation event
-            started = {
-                "correlationId": current_correlation_id(),
-                **base,
-                "spanId": span_id,
-                "parentSpanId": parent,
-            }
-            self._target().emit(self._started, started)
-            began = time.perf_counter()
-            result = _Result()
-            try:
-                yield result
-            except BaseException as exc:
-                self._finish(span_id, parent, began, exc, base)
-                raise
-            self._finish(span_id, parent, began, None, base, result.value)
-
-    def _finish(
-        self,
-        span_id: str,
-        parent: str | None,
-        began: float,
-        error: BaseException | None,
-        base: dict[str, Any],
-        result: Any = None,
-    ) -> None:
-        duration = round((time.perf_counter() - began) * 1000.0, 3)
-        payload: dict[str, Any] = {
-            "correlationId": current_correlation_id(),
-            **base,
-            "duration": duration,
-            "spanId": span_id,
-            "parentSpanId": parent,
-        }
-        if error is None:
-            if self._result_fields is not None:
-                payload.update(self._result_fields(result))
-            self._target().emit(self._completed, payload)
-        else:
-            payload["errorType"] = type(error).__name__
-            payload["errorMessage"] = str(error)[:1000]
-            self._target().emit(self._failed, payload)
-        if self._threshold_ms is not None and duration > self._threshold_ms:
-            self._target().emit(
-                "performance.slowOperation.detected",
-                {
-                    "service": self._service,
-                    "operation": self._name,
-                    "duration": duration,
-                    "threshold": self._threshold_ms,
-                    "spanId": span_id,
-                    "correlationId": current_correlation_id(),
-                },
-            )
-
-
-class _Result:
-    """The instrumented function's return value, kept for the ``.completed`` event."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def keep(self, value: Any) -> Any:
-        """Remember ``value`` and hand it back, for ``return result.keep(...)``."""
-        self.value = value
-        return value
+        return emits
+    raise AttributeError(f"module 'evkit.bus' has no attribute {name!r}")

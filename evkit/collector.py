@@ -38,6 +38,7 @@ from evkit.columns import FIXED_COLUMNS, ColumnBuffer, empty_frame
 from evkit.exceptions import ConnectError, WaitTimeout
 from evkit.patterns import validate_patterns
 from evkit.protocol import validate_correlation_id
+from evkit.tls import SSLOption
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -334,27 +335,11 @@ class Collector:
         )
 
     def _repr_html_(self) -> str:
-        from html import escape
+        from evkit._notebook_repr import collector_html
 
-        stats = self.stats()
-        rows = [
-            ("source", self.url),
-            ("patterns", ", ".join(self._patterns)),
-            ("correlation", self._correlation_id or "all"),
-            ("state", stats["state"]),
-            ("events held", f"{stats['held']:,} of at most {self.buffer_size:,}"),
-            ("received", f"{stats['received']:,}"),
-            ("rate", f"{stats['rate']:.1f} /s"),
-            ("dropped (buffer full)", f"{stats['dropped']:,}"),
-            ("reconnects", f"{stats['reconnects']:,}"),
-            ("replayed", f"{stats['replayed']:,}"),
-            ("gaps reported", f"{stats['gaps']:,}"),
-        ]
-        body = "".join(
-            f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(str(v))}</td></tr>"
-            for k, v in rows
+        return collector_html(
+            self.url, self._patterns, self._correlation_id, self.buffer_size, self.stats()
         )
-        return f"<b>evkit Collector</b><table>{body}</table>"
 
 
 class WebSocketCollector(Collector):
@@ -372,6 +357,7 @@ class WebSocketCollector(Collector):
         epoch: str | None = None,
         batch: tuple[int, float] | None = (1000, 20.0),
         token: str | None = None,
+        ssl: SSLOption = None,
     ) -> None:
         super().__init__(url, patterns, correlation_id, buffer_size)
         self._loop_thread = loop_thread()
@@ -385,6 +371,7 @@ class WebSocketCollector(Collector):
             epoch=epoch,
             batch=batch,
             token=token,
+            ssl=ssl,
         )
         subscriber = self._subscriber
 
@@ -519,6 +506,7 @@ def collect(
     epoch: str | None = None,
     batch: tuple[int, float] | None = (1000, 20.0),
     token: str | None = None,
+    ssl: SSLOption = None,
     max_events: int | None = None,
 ) -> WebSocketCollector:
     """Subscribe to a broadcaster and buffer what arrives; returns once connected.
@@ -532,10 +520,13 @@ def collect(
     a collector can pick up where a saved one stopped. ``batch`` is
     ``(maxEvents, maxDelayMs)`` for batched delivery (the default: up to 1,000 events a
     frame, held at most 20 ms); None asks for one frame per event. ``token``
-    authenticates to a server with auth on (default: ``$EVKIT_TOKEN``).
+    authenticates to a server with auth on (default: ``$EVKIT_TOKEN``). ``ssl``, for a
+    ``wss://`` URL: an :class:`ssl.SSLContext`, or the path of a CA file (PEM) to trust
+    instead of the system's CAs (a server with a private or self-signed certificate).
 
     Raises:
-        ValueError: the URL is not a ``ws://`` or ``wss://`` URL.
+        ValueError: the URL is not a ``ws://`` or ``wss://`` URL, or ``ssl`` was given for
+            a ``ws://`` URL or names a CA file that cannot be used.
         InvalidPatternError: a pattern is malformed.
         ProtocolError: the server refused the subscription.
         ConnectError: no connection within ``connect_timeout`` seconds (a
@@ -565,6 +556,7 @@ def collect(
         epoch=epoch,
         batch=batch,
         token=token if token is not None else os.environ.get("EVKIT_TOKEN") or None,
+        ssl=ssl,
     )
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "correlation",
     "current_correlation_id",
     "current_span_id",
+    "enter_span",
+    "exit_span",
     "new_span_id",
     "span",
 ]
@@ -60,6 +62,26 @@ def span(span_id: str) -> Iterator[str | None]:
         yield parent
     finally:
         _span_id.reset(token)
+
+
+def enter_span(span_id: str) -> Token[str | None]:
+    """Make ``span_id`` the current span until :func:`exit_span` is given the token.
+
+    For code that cannot hold a ``with`` block open (a span's ``__enter__`` and
+    ``__exit__``, one step of a generator). The caller must pass the token back in the
+    same context, innermost first.
+    """
+    return _span_id.set(span_id)
+
+
+def exit_span(token: Token[str | None]) -> None:
+    """Restore the span that was current before :func:`enter_span` returned ``token``.
+
+    Raises:
+        ValueError: the token was made in another context.
+        RuntimeError: the token was already used.
+    """
+    _span_id.reset(token)
 
 
 class correlation:

@@ -1,8 +1,9 @@
 """A live ipywidgets dashboard over a :class:`~evkit.collector.Collector`.
 
-:func:`dashboard` returns a :class:`Dashboard`: a pattern chooser (the seed's event
-categories as toggles plus free-text patterns, applied atomically with
-``subscribe(..., replace=True)``), a correlation-ID picker, live counters, a latency
+:func:`dashboard` returns a :class:`Dashboard`: a pattern chooser (a toggle per event
+category, the first segment of the types: the seed's five to start with, then each one
+seen in the stream or named by a held pattern; plus free-text patterns, applied
+atomically with ``subscribe(..., replace=True)``), a correlation-ID picker, live counters, a latency
 chart per correlation ID, the waterfall of one request, the latest events as a
 table, and Pause / Resume and Clear buttons. It displays itself in Jupyter.
 
@@ -46,10 +47,14 @@ from evkit.collector import Collector, collect
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ALL", "CATEGORIES", "Dashboard", "Rendering", "dashboard"]
+__all__ = ["ALL", "CATEGORIES", "MOST_CATEGORIES", "Dashboard", "Rendering", "dashboard"]
 
 CATEGORIES: Final[tuple[str, ...]] = ("claude", "repo", "github", "graphql", "performance")
-"""The seed's event categories; the toggle for ``name`` means the pattern ``name.*``."""
+"""The seed's event categories: the toggles a dashboard starts with. The toggle for
+``name`` means the pattern ``name.*``; more appear for the categories seen."""
+
+MOST_CATEGORIES: Final = 24
+"""At most this many category toggles; past them, the free-text patterns."""
 
 ALL: Final = "all"
 """The correlation picker's first option: every request."""
@@ -93,6 +98,8 @@ class Rendering:
     """The request whose waterfall is shown: the chosen one, else the slowest."""
     table: pd.DataFrame
     """The events in the table, newest first."""
+    categories: tuple[str, ...]
+    """The category toggles shown, in order."""
     seconds: float
     """How long the redraw took."""
 
@@ -161,12 +168,14 @@ class Dashboard:
 
     def _build_widgets(self) -> None:
         auto = widgets.Layout(width="auto")
-        self.category_toggles = {
-            name: widgets.ToggleButton(
-                description=name, tooltip=f"{name}.*: every {name} event", layout=auto
-            )
-            for name in CATEGORIES
-        }
+        # Toggles for categories seen later are made now, hidden, and revealed by trait
+        # assignment: the refresher thread never creates widgets.
+        self._toggle_pool = [
+            widgets.ToggleButton(layout=widgets.Layout(width="auto", display="none"))
+            for _ in range(MOST_CATEGORIES)
+        ]
+        self.category_toggles: dict[str, widgets.ToggleButton] = {}
+        self._reveal_categories(CATEGORIES)
         self.pattern_text = widgets.Text(
             placeholder="more patterns, comma-separated: *.completed, github.api.*",
             description="patterns",
@@ -206,7 +215,7 @@ class Dashboard:
         self.widget = widgets.VBox(
             [
                 title,
-                widgets.HBox(list(self.category_toggles.values())),
+                widgets.HBox(self._toggle_pool, layout=widgets.Layout(flex_flow="row wrap")),
                 widgets.HBox([self.pattern_text, self.apply_button]),
                 widgets.HBox([self.correlation_picker, self.pause_button, self.clear_button]),
                 self.status,
@@ -290,7 +299,7 @@ class Dashboard:
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         for control in (
-            *self.category_toggles.values(),
+            *self._toggle_pool,
             self.pattern_text,
             self.apply_button,
             self.correlation_picker,
@@ -363,10 +372,24 @@ class Dashboard:
 
     def _show_patterns(self, patterns: Iterable[str]) -> None:
         held = list(patterns)
+        self._reveal_categories(panels.categories((), (), held, MOST_CATEGORIES))
         for name, toggle in self.category_toggles.items():
             toggle.value = f"{name}.*" in held
-        category_patterns = {f"{name}.*" for name in CATEGORIES}
+        category_patterns = {f"{name}.*" for name in self.category_toggles}
         self.pattern_text.value = ", ".join(p for p in held if p not in category_patterns)
+
+    def _reveal_categories(self, names: Iterable[str]) -> None:
+        shown = dict(self.category_toggles)
+        for name in names:
+            if name in shown or len(shown) >= len(self._toggle_pool):
+                continue
+            toggle = self._toggle_pool[len(shown)]
+            toggle.description = name
+            toggle.tooltip = f"{name}.*: every {name} event"
+            toggle.layout.display = None
+            shown[name] = toggle
+        # Replaced, never changed in place: the kernel's thread may be iterating it.
+        self.category_toggles = shown
 
     # -- updates ------------------------------------------------------------------------
 
@@ -423,6 +446,10 @@ class Dashboard:
 
     def _render(self, started: float) -> Rendering:
         selected = self._selected
+        seen = self.collector.stats["types"]
+        self._reveal_categories(
+            panels.categories(CATEGORIES, seen, self.collector.patterns, MOST_CATEGORIES)
+        )
         frame = self.collector.to_dataframe()
         ids = _correlation_ids(frame, selected)
         self._set_picker(ids, selected)
@@ -451,6 +478,7 @@ class Dashboard:
             latency_correlations=charted,
             waterfall_correlation=waterfall_id,
             table=rows.reset_index(drop=True),
+            categories=tuple(self.category_toggles),
             seconds=time.monotonic() - started,
         )
 

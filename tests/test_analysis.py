@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -425,11 +427,46 @@ def test_critical_path_follows_the_latest_ending_children() -> None:
 
     path = analysis.critical_path(frame, "req-1")
 
-    assert list(path.columns) == list(analysis.SPAN_COLUMNS)
+    assert list(path.columns) == list(analysis.CRITICAL_PATH_COLUMNS)
     assert path["span_id"].tolist() == ["r", "b", "c"]
     assert path["operation"].tolist() == ["svc.root", "svc.b", "svc.c"]
     assert set(path["correlation_id"]) == {"req-1"}
     assert path.index.tolist() == [0, 1, 2]
+    # Own time: root 100 - b 70; b 70 - c 50; c 50 (a leaf). Shares of the 100 ms.
+    assert path["own_ms"].tolist() == [30.0, 20.0, 50.0]
+    assert path["share"].tolist() == pytest.approx([0.3, 0.2, 0.5])
+
+
+def test_critical_path_answers_where_the_request_lost_the_most_time() -> None:
+    # root(0-100): a(0-30) then b(30-100) -> b1(40-50); b's own 60 ms beat a's 30.
+    frame = make_frame(
+        in_time_order(
+            operation("svc.root", 0, 100, span="r"),
+            operation("svc.a", 0, 30, span="a", parent="r"),
+            operation("svc.b", 30, 100, span="b", parent="r"),
+            operation("svc.b1", 40, 50, span="b1", parent="b"),
+        )
+    )
+
+    path = analysis.critical_path(frame, "req-1")
+
+    culprit = path.loc[path["own_ms"].idxmax()]
+    assert (culprit["operation"], culprit["own_ms"], culprit["share"]) == ("svc.b", 60.0, 0.6)
+    assert path["share"].sum() == pytest.approx(1.0)
+
+
+def test_own_time_uses_the_events_durations_not_whole_milliseconds() -> None:
+    # Timestamps are whole ms; durations are not: own time is read from the durations.
+    frame = make_frame(
+        in_time_order(
+            operation("svc.root", 0, 10, span="r", duration=9.75),
+            operation("svc.child", 1, 10, span="c", parent="r", duration=8.5),
+        )
+    )
+
+    path = analysis.critical_path(frame, "req-1")
+
+    assert path["own_ms"].tolist() == pytest.approx([1.25, 8.5])
 
 
 def test_critical_path_starts_at_the_root_that_ends_last() -> None:
@@ -459,7 +496,82 @@ def test_critical_path_of_request_without_spans_is_empty() -> None:
     path = analysis.critical_path(frame, "req-1")
 
     assert path.empty
-    assert list(path.columns) == list(analysis.SPAN_COLUMNS)
+    assert list(path.columns) == list(analysis.CRITICAL_PATH_COLUMNS)
+
+
+# ---------------------------------------------------------------- one trace: tree and gaps
+
+
+def test_trace_spans_lays_the_tree_out_with_offsets_and_own_time() -> None:
+    table = analysis.trace_spans(nested_trace("req-1"), "req-1")
+
+    assert list(table.columns) == list(analysis.TRACE_COLUMNS)
+    assert table["span_id"].tolist() == ["r", "a", "d", "b", "c"]
+    assert table["depth"].tolist() == [0, 1, 2, 1, 2]
+    assert table["offset_ms"].tolist() == [0.0, 10.0, 15.0, 20.0, 30.0]
+    assert table["length_ms"].tolist() == [100.0, 30.0, 20.0, 70.0, 50.0]
+    # root: 100 less a(10-40) and b(20-90) overlapping: 100 - 80.
+    assert table["own_ms"].tolist() == [20.0, 10.0, 20.0, 20.0, 50.0]
+    assert table["critical"].tolist() == [True, False, False, True, True]
+
+
+def test_trace_spans_measures_running_spans_to_the_last_moment() -> None:
+    frame = make_frame(
+        in_time_order(
+            operation("svc.root", 0, 100, span="r"),
+            operation("svc.bg", 50, None, span="g", parent="r"),
+        )
+    )
+
+    table = analysis.trace_spans(frame, "req-1")
+
+    assert table.set_index("span_id").loc["g", ["status", "length_ms"]].tolist() == [
+        "running",
+        50.0,
+    ]
+    assert analysis.trace_spans(make_frame([]), "req-1").empty
+
+
+def test_idle_gaps_are_where_no_step_ran() -> None:
+    # root(0-100) waits on a(0-30) and b(60-90): idle 30-60 and 90-100.
+    frame = make_frame(
+        in_time_order(
+            operation("svc.root", 0, 100, span="r"),
+            operation("svc.a", 0, 30, span="a", parent="r"),
+            operation("svc.b", 60, 90, span="b", parent="r"),
+            operation("svc.b1", 60, 70, span="b1", parent="b"),
+        )
+    )
+
+    gaps = analysis.idle_gaps(frame, "req-1")
+
+    assert list(gaps.columns) == list(analysis.GAP_COLUMNS)
+    assert gaps["offset_ms"].tolist() == [30.0, 90.0]
+    assert gaps["duration_ms"].tolist() == [30.0, 10.0]
+    assert gaps["start"].tolist() == [ms(30), ms(90)]
+    assert analysis.idle_gaps(frame, "req-1", min_ms=15).shape[0] == 1
+
+
+def test_idle_gaps_between_spans_without_a_root_and_none_inside_a_lone_span() -> None:
+    flat = make_frame(
+        in_time_order(
+            operation("svc.a", 0, 10, span="a"),
+            operation("svc.b", 40, 50, span="b"),
+        )
+    )
+    assert analysis.idle_gaps(flat, "req-1")["offset_ms"].tolist() == [10.0]
+    lone = make_frame(operation("svc.a", 0, 10, span="a"))
+    assert analysis.idle_gaps(lone, "req-1").empty
+    # Gaps shorter than 1 % of the wall time (and than 1 ms) are rounding, not waiting.
+    close = make_frame(
+        in_time_order(
+            operation("svc.a", 0, 500, span="a"),
+            operation("svc.b", 504, 1000, span="b"),
+        )
+    )
+    assert analysis.idle_gaps(close, "req-1").empty
+    with pytest.raises(ValueError, match="min_ms"):
+        analysis.idle_gaps(lone, "req-1", min_ms=-1)
 
 
 # ---------------------------------------------------------------- plots
@@ -503,23 +615,38 @@ def test_plot_waterfall_marks_critical_failed_and_running_spans(tmp_path: Path) 
             operation("svc.a", 10, 40, span="a", parent="r", status="failed"),
             operation("svc.b", 20, 90, span="b", parent="r"),
             operation("svc.bg", 50, None, span="g", parent="a"),
+            operation("svc.quick", 95, 95, span="q", parent="r", status="failed"),
         )
     )
 
     figure = analysis.plot_waterfall(frame, "req-1")
 
     (axes,) = figure.axes
-    bars = axes.patches
-    assert len(bars) == 4
+    bars = axes.patches[:5]
     labels = [label.get_text() for label in axes.get_yticklabels()]
-    assert [label.strip() for label in labels] == ["svc.root", "svc.a", "svc.bg", "svc.b"]
-    assert labels[2].startswith("        ")  # depth 2
-    by_label = dict(zip((label.strip() for label in labels), bars, strict=True))
+    assert labels == [
+        "svc.root",
+        "\u2514\u00a0svc.a",
+        "\u00a0\u00a0\u2514\u00a0svc.bg",  # indented under its parent
+        "\u2514\u00a0svc.b",
+        "\u2514\u00a0svc.quick",
+    ]
+    assert {label.get_horizontalalignment() for label in axes.get_yticklabels()} == {"left"}
+    by_label = dict(zip((label.split("\u00a0")[-1] for label in labels), bars, strict=True))
     critical = by_label["svc.root"].get_facecolor()
     assert by_label["svc.b"].get_facecolor() == critical
     assert by_label["svc.a"].get_facecolor() != critical
     assert by_label["svc.a"].get_hatch() == "//"
-    assert any(text.get_text().strip() == "failed" for text in axes.texts)
+    # A failure of no length is still a visible sliver.
+    assert by_label["svc.quick"].get_width() > 0
+    notes = [text.get_text().strip() for text in axes.texts]
+    assert notes[:5] == [
+        "100.0 ms",
+        "30.0 ms failed",
+        "50.0 ms running",
+        "70.0 ms",
+        "0.00 ms failed",
+    ]
     # The running span is drawn up to the request's last timestamp (100 ms).
     running = by_label["svc.bg"]
     assert isinstance(running, Rectangle)
@@ -530,9 +657,78 @@ def test_plot_waterfall_marks_critical_failed_and_running_spans(tmp_path: Path) 
     assert target.stat().st_size > 0
 
 
+def test_plot_waterfall_shades_the_idle_gaps() -> None:
+    frame = make_frame(
+        in_time_order(
+            operation("svc.root", 0, 100, span="r"),
+            operation("svc.a", 0, 30, span="a", parent="r"),
+            operation("svc.b", 60, 100, span="b", parent="r"),
+        )
+    )
+
+    axes = analysis.plot_waterfall(frame, "req-1").axes[0]
+
+    assert len(axes.patches) == 4  # three spans, one gap
+    band = axes.patches[3]
+    assert band.get_x() == pytest.approx(30.0)
+    assert band.get_width() == pytest.approx(30.0)
+    assert "30.0 ms" in [text.get_text() for text in axes.texts[3:]]
+
+
+def test_plot_waterfall_carries_an_interactive_version() -> None:
+    frame = make_frame(
+        in_time_order(
+            operation("svc.root", 0, 100, span="r"),
+            operation("svc.a", 0, 30, span="a", parent="r", status="failed"),
+            operation("svc.b", 60, 100, span="b", parent="r"),
+        )
+    )
+    frame["endpoint"] = ["/x" if span == "a" else None for span in frame["spanId"]]
+
+    figure = analysis.plot_waterfall(frame, "req-1")
+
+    spec = figure.vega_lite
+    assert spec == analysis.waterfall_spec(frame, "req-1")
+    assert spec is not None
+    bundle = figure._repr_mimebundle_()
+    assert bundle["application/vnd.vegalite.v5+json"] is spec
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    json.dumps(spec)  # JSON-safe
+    gaps, bars, durations = spec["layer"]
+    assert gaps["data"]["values"] == [
+        {"start": 30.0, "end": 60.0, "text": "nothing instrumented ran for 30.0 ms"}
+    ]
+    rows = spec["data"]["values"]
+    assert [row["kind"] for row in rows] == ["critical path", "failed", "critical path"]
+    assert [row["text"] for row in rows] == ["100.0 ms", "30.0 ms failed", "40.0 ms"]
+    assert rows[1]["info"] == {
+        "operation": "svc.a",
+        "duration": "30.0 ms",
+        "own time": "30.0 ms",
+        "starts at": "+0.00 ms",
+        "span status": "failed",
+        "span id": "a",
+        "parent span id": "r",
+        "errorType": "HTTPError",
+        "errorMessage": "boom",
+        "endpoint": "/x",
+    }
+    assert bars["params"][0]["bind"] == "scales"  # zoom on time
+    assert "data" not in bars
+    assert "data" not in durations
+
+
 def test_plot_waterfall_of_unknown_correlation_id_raises_key_error() -> None:
     with pytest.raises(KeyError, match="req-1"):
         analysis.plot_waterfall(nested_trace("req-1"), "missing")
+    with pytest.raises(KeyError, match="req-1"):
+        analysis.waterfall_spec(nested_trace("req-1"), "missing")
+
+
+def test_a_request_without_spans_has_a_spec_that_says_so() -> None:
+    spec = analysis.waterfall_spec(make_frame([]), "req-1")
+    assert spec["data"]["values"] == [{"text": "no data"}]
+    assert analysis.plot_waterfall(make_frame([]), "req-1").vega_lite is None
 
 
 # ---------------------------------------------------------------- empty input

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.timeout(30)
 
 def test_page_is_small_and_self_contained() -> None:
     html = PAGE_FILE.read_text(encoding="utf-8")
-    assert len(html.encode()) < 25 * 1024
+    assert len(html.encode()) < 28 * 1024
     links = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", html)
     assert all(link.startswith(("data:", "#")) for link in links), links
     assert not re.search(r"@import|url\(|https?://", html), "external resource"
@@ -115,7 +115,8 @@ class Dashboard:
         page = self.page
         page.locator("input[data-category=all]").set_checked("all" in keep)
         if "all" not in keep:
-            for category in CATEGORIES:
+            shown = page.locator("input[data-category]:not([data-category=all])")
+            for category in shown.evaluate_all("boxes => boxes.map(b => b.dataset.category)"):
                 page.locator(f"input[data-category={category}]").set_checked(category in keep)
             page.locator("#patterns").fill(extra)
         page.locator("#apply").click()
@@ -251,6 +252,48 @@ def test_category_filter(server: evkit.Server, dashboard: Dashboard) -> None:
     assert "eventTypes=repo.*%2C*.failed" in dashboard.page.url
     emit_and_flush([("claude.session.failed", {"n": 4}, "cat")])
     expect(dashboard.rows("[data-type='claude.session.failed']")).to_have_count(1)
+    dashboard.assert_clean()
+
+
+@pytest.mark.browser
+def test_categories_seen_in_the_stream_become_toggles(
+    server: evkit.Server, dashboard: Dashboard
+) -> None:
+    from playwright.sync_api import expect
+
+    dashboard.open(server)
+    emit_and_flush(
+        [
+            ("billing.invoice.created", {"n": 1}, "cat"),
+            ("log.warning", {"n": 2}, "cat"),
+            ("repo.commit.created", {"n": 3}, "cat"),
+        ]
+    )
+    billing = dashboard.page.locator("input[data-category=billing]")
+    expect(billing).to_be_checked()  # "all" is on: every category is received
+    expect(billing).to_be_disabled()
+    expect(dashboard.page.locator("input[data-category=log]")).to_be_visible()
+    order = dashboard.page.locator("input[data-category]").evaluate_all(
+        "boxes => boxes.map(b => b.dataset.category)"
+    )
+    assert order == ["all", *CATEGORIES, "billing", "log"]
+
+    dashboard.apply_patterns({"billing"})
+    expect(dashboard.page.locator("#message")).to_have_text("Subscribed: billing.*")
+    emit_and_flush([("repo.push.completed", {"n": 4}, "cat"), ("billing.invoice.paid", {}, "cat")])
+    expect(dashboard.rows("[data-type='billing.invoice.paid']")).to_have_count(1)
+    expect(dashboard.rows("[data-type='repo.push.completed']")).to_have_count(0)
+    dashboard.assert_clean()
+
+
+@pytest.mark.browser
+def test_a_subscription_names_its_categories(server: evkit.Server, dashboard: Dashboard) -> None:
+    from playwright.sync_api import expect
+
+    dashboard.open(server, "/?eventTypes=orders.*,*.failed")
+    expect(dashboard.page.locator("input[data-category=orders]")).to_be_checked()
+    expect(dashboard.page.locator("input[data-category=repo]")).not_to_be_checked()
+    expect(dashboard.page.locator("#patterns")).to_have_value("*.failed")
     dashboard.assert_clean()
 
 

@@ -11,7 +11,14 @@ from typing import Any
 
 import pandas as pd
 
-from evkit._dashboard_panels import counters_html, placeholder, png, table_html, waterfall
+from evkit._dashboard_panels import (
+    categories,
+    counters_html,
+    placeholder,
+    png,
+    table_html,
+    waterfall,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASE_MS = 1_700_000_000_000
@@ -104,3 +111,17 @@ def test_waterfall_draws_at_most_most_spans_and_notes_more() -> None:
 
 def test_charts_become_png_bytes() -> None:
     assert png(placeholder("Waterfall", "no request yet")).startswith(PNG_SIGNATURE)
+
+
+def test_categories_start_from_the_known_ones_and_learn_the_rest() -> None:
+    known = ("claude", "repo")
+    types = ["repo.commit.created", "billing.invoice.paid", "log.info", "billing.x"]
+    assert categories(known, types, ["orders.*", "*.failed", "repo.*"], most=10) == (
+        "claude",
+        "repo",
+        "orders",
+        "billing",
+        "log",
+    )
+    assert categories(known, types, [], most=3) == ("claude", "repo", "billing")
+    assert categories((), ["", ".x"], ["a.b.*", "*"], most=5) == ()

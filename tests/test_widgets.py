@@ -24,7 +24,7 @@ from evkit import analysis
 from evkit._dashboard_panels import png
 from evkit.collector import Collector
 from evkit.testing import wait_until
-from evkit.widgets import ALL, CATEGORIES, Dashboard
+from evkit.widgets import ALL, CATEGORIES, MOST_CATEGORIES, Dashboard
 
 TIMEOUT = 10.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -492,3 +492,46 @@ def test_dashboard_over_an_in_process_capture() -> None:
         assert drawn is not None
         assert list(drawn.table["type"]) == ["claude.session.started"]
     assert captured._listeners == []
+
+
+# -- categories learnt from the stream ------------------------------------------------------
+
+
+def test_categories_seen_in_the_stream_become_toggles(
+    col: evkit.collector.WebSocketCollector, dash: Dashboard
+) -> None:
+    emit_and_wait(
+        col,
+        [
+            ("billing.invoice.created", {"n": 1}, None),
+            ("log.warning", {"message": "slow"}, None),
+            ("repo.commit.created", {"n": 2}, None),
+        ],
+        arrive=3,
+    )
+    drawn = dash.refresh()
+
+    assert drawn is not None
+    assert drawn.categories == (*CATEGORIES, "billing", "log")
+    assert list(dash.category_toggles) == [*CATEGORIES, "billing", "log"]
+    toggle = dash.category_toggles["billing"]
+    assert (toggle.description, toggle.layout.display) == ("billing", None)
+
+    for name, each in dash.category_toggles.items():
+        each.value = name in ("billing", "log")
+    dash.pattern_text.value = ""
+    dash.apply_button.click()
+    assert col.patterns == ["billing.*", "log.*"]
+    assert dash.pattern_text.value == ""
+
+
+def test_a_collector_of_other_categories_shows_them_as_toggles(server: evkit.Server) -> None:
+    with (
+        evkit.collect(server, ["orders.*", "*.failed"]) as collector,
+        evkit.dashboard(collector) as board,
+    ):
+        assert list(board.category_toggles) == [*CATEGORIES, "orders"]
+        assert board.category_toggles["orders"].value is True
+        assert board.pattern_text.value == "*.failed"
+        hidden = [t for t in board._toggle_pool if t.layout.display == "none"]
+        assert len(hidden) == MOST_CATEGORIES - len(CATEGORIES) - 1

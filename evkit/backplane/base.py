@@ -61,6 +61,15 @@ class Backplane(ABC):
     #: Where replays read from; its ``epoch`` and ``last_id`` are the stream's.
     history: History
 
+    @property
+    def delivered_id(self) -> int:
+        """The newest id clients were handed: replays and cursors stop there.
+
+        The history's ``last_id`` unless recorded events wait for something (a durable
+        history's commit) before they are delivered.
+        """
+        return self.history.last_id
+
     def open(self) -> None:
         """Prepare what can be prepared without the loop (files).
 

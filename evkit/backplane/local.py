@@ -6,16 +6,26 @@ back shortly), each event encoded once, recorded, and handed to the sink. A turn
 fewer events the more clients there are, so pings, handshakes and client messages are
 never held for long.
 
-Must not await inside a drain: recording and delivery of one chunk happen in one turn,
-which is what lets a replay and the live stream meet with no gap and no duplicate.
+With a durable history (SQLite) an event reaches clients only once it is committed:
+every event a client was sent survives a crash of the process. Chunks wait in order
+for the writer's commit (it commits as soon as it has something, so a busy stream gets
+group commits); past :data:`_UNCOMMITTED` events waiting, the drain stops taking more
+from the queue until the disk catches up (the queue is bounded, and counts drops).
+
+Must not await inside a drain: recording and delivery of one chunk happen in one turn
+(or, durable, in the turn the commit is seen), which is what lets a replay and the
+live stream meet with no gap and no duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Callable
 
-from evkit.backplane.base import Backplane, Queue, Sink
+from evkit._loop import LoopHandle
+from evkit.backplane.base import Backplane, Pending, Queue, Sink
 from evkit.protocol import encode_event
 from evkit.store.base import History, Record
 
@@ -26,6 +36,7 @@ _DRAIN_CHUNK = 2_000  # most events per loop turn
 # bench/README.md for how the figure was chosen).
 _DRAIN_DELIVERIES = 100_000
 _CLAIM_RETRY = 0.001  # seconds before asking a durable history again for ids
+_UNCOMMITTED = 50_000  # events recorded but not yet committed, at most
 
 
 class LocalBackplane(Backplane):
@@ -38,9 +49,21 @@ class LocalBackplane(Backplane):
         self._clients = clients
         self._queue: Queue | None = None
         self._sink: Sink | None = None
+        # Durable: chunks recorded and waiting for their commit, in id order.
+        self._uncommitted: deque[tuple[list[Pending], list[Record]]] = deque()
+        self._uncommitted_events = 0
+        self._committed_id = 0
+        self._delivered_id = 0
+        self._durable = False
+        self._progress = asyncio.Event()
 
     async def start(self, queue: Queue, sink: Sink) -> None:
         self._queue, self._sink = queue, sink
+        self._committed_id = self._delivered_id = self.history.last_id
+        loop = LoopHandle(asyncio.get_running_loop())
+        self._durable = self.history.on_written(
+            lambda written: loop.call_soon(self._written, written)
+        )
 
     def wake(self) -> None:
         self._drain()
@@ -53,9 +76,10 @@ class LocalBackplane(Backplane):
         queue, sink = self._queue, self._sink
         if queue is None or sink is None:
             return 0
+        if self._uncommitted_events >= _UNCOMMITTED:
+            return 0  # the disk is behind: the commit that catches up wakes the drain again
         pending = queue.pending
         history = self.history
-        append = history.append
         last_id = history.last_id
         chunk = min(_DRAIN_CHUNK, max(1, _DRAIN_DELIVERIES // max(1, self._clients())))
         wanted = min(len(pending), chunk)
@@ -67,21 +91,47 @@ class LocalBackplane(Backplane):
             last_id += 1
             event_id = str(last_id)
             event.id = event_id
-            record = Record(
-                last_id,
-                event.timestamp,
-                type_,
-                correlation_id,
-                encode_event(type_, event.timestamp, event_id, payload_json),
+            records.append(
+                Record(
+                    last_id,
+                    event.timestamp,
+                    type_,
+                    correlation_id,
+                    encode_event(type_, event.timestamp, event_id, payload_json),
+                )
             )
-            append(record)
-            records.append(record)
         if items:
-            sink.published(items)
-            sink.deliver(records)
+            history.extend(records)
+            if self._durable:
+                self._uncommitted.append((items, records))
+                self._uncommitted_events += len(items)
+            else:
+                sink.published(items)
+                sink.deliver(records)
         if pending:
             queue.again(_CLAIM_RETRY if allowed < wanted else 0.0)
         return allowed
+
+    def _written(self, written_id: int) -> None:
+        """The history committed up to ``written_id``: deliver what waited for it (the loop)."""
+        sink = self._sink
+        self._committed_id = max(self._committed_id, written_id)
+        uncommitted = self._uncommitted
+        while uncommitted and uncommitted[0][1][-1].id <= self._committed_id:
+            items, records = uncommitted.popleft()
+            self._uncommitted_events -= len(items)
+            self._delivered_id = records[-1].id
+            if sink is not None:
+                sink.published(items)
+                sink.deliver(records)
+        self._progress.set()
+        queue = self._queue
+        if queue is not None and queue.pending and self._uncommitted_events < _UNCOMMITTED:
+            queue.again()
+
+    @property
+    def delivered_id(self) -> int:
+        return self._delivered_id if self._durable else self.history.last_id
 
     async def settle(self, timeout: float | None = None) -> bool:
         queue = self._queue
@@ -91,11 +141,21 @@ class LocalBackplane(Backplane):
         deadline = None if timeout is None else loop.time() + timeout
         history = self.history
         target = history.last_id + len(queue.pending)
-        while history.last_id < target and queue.pending:
+        while (history.last_id < target and queue.pending) or self._waiting_for(target):
             if deadline is not None and loop.time() > deadline:
                 return False
-            await asyncio.sleep(0 if self._drain() else _CLAIM_RETRY)
+            if self._drain():
+                await asyncio.sleep(0)
+                continue
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):  # a commit, or another try for ids
+                await asyncio.wait_for(self._progress.wait(), _CLAIM_RETRY)
         return True
+
+    def _waiting_for(self, target: int) -> bool:
+        """Whether events up to ``target`` are recorded but not yet delivered (uncommitted)."""
+        uncommitted = self._uncommitted
+        return bool(uncommitted) and uncommitted[0][1][0].id <= target
 
     async def sync(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.history.sync)
@@ -104,4 +164,5 @@ class LocalBackplane(Backplane):
         await asyncio.get_running_loop().run_in_executor(None, self.history.close)
 
     def waiting(self) -> int:
-        return 0 if self._queue is None else len(self._queue.pending)
+        queued = 0 if self._queue is None else len(self._queue.pending)
+        return queued + self._uncommitted_events

@@ -32,9 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from evkit.backplane.base import Backplane, Pending, Queue, Sink
 from evkit.backplane.redis_stream import (
-    APPEND_SCRIPT,
     ROTATE_SCRIPT,
     EntryParser,
+    batch_fields,
+    entry_end,
+    entry_id,
+    entry_position,
     format_stream_id,
     parse_stream_id,
     redacted_url,
@@ -47,14 +50,14 @@ from evkit.store.ring import HistoryRing
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
 __all__ = ["RedisBackplane", "RedisHistory"]
 
 logger = logging.getLogger("evkit.backplane.redis")
 
-_WRITE_BATCH = 500  # most events per XADD script call
-_READ_COUNT = 1000  # most entries per XREAD
+_ENTRY_EVENTS = 500  # most events per stream entry
+_ENTRIES_PER_WRITE = 8  # most entries per round trip of the writer (one pipeline)
+_READ_COUNT = 100  # most entries per XREAD
 _BLOCK_MS = 2000
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
@@ -116,12 +119,16 @@ class RedisHistory(History):
         client, where = backplane.client, f"Redis at {backplane.display_url}"
         if client is None:
             raise StoreUnavailable(f"{where} is not connected")
-        start = "-" if after == 0 else "(" + format_stream_id(after)
+        # From the entry holding `after` (its later events are wanted too), to the newest
+        # entry this instance has read.
+        start = "-" if after == 0 else entry_id(after)
         try:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.xinfo_stream(backplane.stream)
+                # `count` is in events; an entry holds a batch of them.
+                entries_wanted = max(2, count // 100)
                 pipe.xrange(
-                    backplane.stream, min=start, max=format_stream_id(self.last_id), count=count
+                    backplane.stream, min=start, max=entry_id(self.last_id), count=entries_wanted
                 )
                 info, entries = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
@@ -133,7 +140,9 @@ class RedisHistory(History):
             trimmed = trimmed_through(info)
         elif not (isinstance(info, ResponseError) and "no such key" in str(info)):
             raise StoreUnavailable(f"{where}: {info}")
-        return backplane.parser.parse(entries or [], remember=False), trimmed
+        records = backplane.parser.parse(entries or [], remember=False)
+        newest = self.last_id
+        return [record for record in records if after < record.id <= newest], trimmed
 
     def health(self) -> dict[str, Any]:
         return self._backplane.health()
@@ -145,9 +154,11 @@ class RedisBackplane(Backplane):
     Args:
         url: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or
             ``unix:///path/redis.sock``; redis-py reads every option from it.
-        stream: the stream key; the epoch lives next to it at ``<stream>:epoch``.
-        maxlen: entries the stream keeps (``XADD MAXLEN ~``: Redis trims whole nodes,
-            so a little more is kept).
+        stream: the stream key; the epoch lives next to it at ``<stream>:epoch:2`` (2:
+            the batched entry format).
+        maxlen: about how many events the stream keeps (``XADD MAXLEN ~`` in entries,
+            from this writer's recent events per entry; Redis trims whole nodes, so a
+            little more is kept).
         history_size, history_bytes: recent events this instance keeps in memory for
             fast replays (at most ``maxlen``).
     """
@@ -176,15 +187,15 @@ class RedisBackplane(Backplane):
         self.counts = dict.fromkeys(("written", "read", "outages", "resets", "gaps", "missed"), 0)
         self.parser = EntryParser(stream)
         self._index = 0  # how many entries the stream had added up to the reader's position
-        self._epoch_key = f"{stream}:epoch"
+        self._epoch_key = f"{stream}:epoch:2"  # 2: batched entries, a new stream to clients
         self._position = "0-0"  # where the reader's next XREAD starts
         self._producer = os.urandom(6).hex().encode()
         self._sequence = 0
-        self._written_position = 0  # the newest entry this instance wrote
-        self._retry: deque[tuple[int, Pending]] = deque()
+        self._written_position = 0  # the newest event this instance wrote
+        self._retry: deque[tuple[int, list[Pending]]] = deque()
+        self._per_entry = 1.0  # events per entry this writer wrote lately (trimming)
         self._writing = False
         self.client: Redis | None = None
-        self._append_script: AsyncScript | None = None
         self._reader: Redis | None = None
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -220,7 +231,6 @@ class RedisBackplane(Backplane):
             self.client = Redis(connection_pool=pool)
             self._reader = Redis.from_url(self.url, single_connection_client=True, **options)
             await self.client.ping()
-            self._append_script = self.client.register_script(APPEND_SCRIPT)
             await self._check_stream()
             await self._load_recent()
         except (RedisError, OSError, ValueError) as exc:
@@ -272,7 +282,7 @@ class RedisBackplane(Backplane):
         self.client = self._reader = None
 
     def waiting(self) -> int:
-        return len(self._pending) + len(self._retry)
+        return len(self._pending) + sum(len(items) for _, items in self._retry)
 
     def health(self) -> dict[str, Any]:
         history = self._history
@@ -325,37 +335,57 @@ class RedisBackplane(Backplane):
             self._writing = False
             backoff = _BACKOFF_FIRST
             self._recovered()
-            items = []
-            for (_, item), raw_id in zip(batch, ids, strict=True):
-                item[0].id = text(raw_id)
-                items.append(item)
-            self._written_position = max(self._written_position, parse_stream_id(text(ids[-1])))
-            self.counts["written"] += len(items)
-            assert self._sink is not None
-            self._sink.published(items)
-            self._progress.set()
+            self._written(batch, ids)
 
-    def _take_batch(self) -> list[tuple[int, Pending]]:
+    def _written(self, batch: list[tuple[int, list[Pending]]], ids: list[Any]) -> None:
+        """Give written events their ids (their entry's, with their place) and count them."""
+        written: list[Pending] = []
+        for (_, items), raw_id in zip(batch, ids, strict=True):
+            entry = text(raw_id)
+            ms, _, seq = entry.partition("-")
+            sequence = int(seq) << 16
+            for place, item in enumerate(items):
+                item[0].id = f"{ms}-{sequence | place}"
+            written += items
+            self._written_position = max(
+                self._written_position, entry_position(entry) | (len(items) - 1)
+            )
+        self.counts["written"] += len(written)
+        assert self._sink is not None
+        self._sink.published(written)
+        self._progress.set()
+
+    def _take_batch(self) -> list[tuple[int, list[Pending]]]:
+        """Up to a few entries' worth of events: retried entries first, then the queue."""
         retry, pending = self._retry, self._pending
-        batch: list[tuple[int, Pending]] = []
-        while retry and len(batch) < _WRITE_BATCH:
+        batch: list[tuple[int, list[Pending]]] = []
+        while retry and len(batch) < _ENTRIES_PER_WRITE:
             batch.append(retry.popleft())
-        while pending and len(batch) < _WRITE_BATCH:
+        while pending and len(batch) < _ENTRIES_PER_WRITE:
             self._sequence += 1
-            batch.append((self._sequence, pending.popleft()))
+            count = min(len(pending), _ENTRY_EVENTS)
+            batch.append((self._sequence, [pending.popleft() for _ in range(count)]))
         return batch
 
-    async def _append(self, batch: list[tuple[int, Pending]]) -> list[Any]:
-        """XADD a batch in one script call: atomic, and one command to encode, not hundreds."""
-        assert self._append_script is not None
+    async def _append(self, batch: list[tuple[int, list[Pending]]]) -> list[Any]:
+        """One ``XADD`` per entry, in one pipeline: one round trip for thousands of events.
+
+        Trimming counts entries: the stream keeps about ``maxlen`` events at this
+        writer's recent events per entry.
+        """
+        assert self.client is not None
         producer = self._producer
-        args: list[bytes | int] = [self.maxlen]
-        for sequence, (event, correlation_id, payload_json, _) in batch:
-            header = b"%s %d %b:%d " % (event.type.encode(), event.timestamp, producer, sequence)
-            if correlation_id is not None:
-                header += correlation_id.encode()
-            args += (header, payload_json)
-        return list(await self._append_script(keys=[self.stream], args=args))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sequence, items in batch:
+                self._per_entry += (len(items) - self._per_entry) * 0.1
+                limit = max(1, round(self.maxlen / max(1.0, self._per_entry)))
+                pipe.xadd(
+                    self.stream,
+                    batch_fields(producer, sequence, items),  # type: ignore[arg-type]
+                    maxlen=limit,
+                    approximate=True,
+                )
+            return list(await pipe.execute())
 
     # -- the reader ---------------------------------------------------------------------------
 
@@ -415,7 +445,8 @@ class RedisBackplane(Backplane):
         append = history.append
         for record in records:
             append(record)
-        history.last_id = max(history.last_id, parse_stream_id(self._position))
+        if records:
+            history.last_id = max(history.last_id, records[-1].id)
         if records:
             assert self._sink is not None
             self._sink.deliver(records)
@@ -447,7 +478,7 @@ class RedisBackplane(Backplane):
         client, history = self.client, self._history
         await client.set(self._epoch_key, new_epoch(), nx=True)
         epoch = text(await client.get(self._epoch_key))
-        last_generated, added = await self._stream_info()
+        last_generated, added = await _stream_info(client, self.stream)
         if (
             history.epoch
             and epoch == history.epoch
@@ -475,19 +506,6 @@ class RedisBackplane(Backplane):
             if self._sink is not None:
                 self._sink.stream_broken("event stream reset")
 
-    async def _stream_info(self) -> tuple[int, int]:
-        """The stream's last generated position and how many entries it ever added."""
-        from redis.exceptions import ResponseError
-
-        assert self.client is not None
-        try:
-            info = await self.client.xinfo_stream(self.stream)
-        except ResponseError as exc:
-            if "no such key" in str(exc):
-                return 0, 0
-            raise
-        return parse_stream_id(text(info["last-generated-id"])), int(info["entries-added"])
-
     async def _load_recent(self) -> None:
         """Fill the memory ring with the newest entries and read on from the stream's end."""
         from redis.exceptions import ResponseError
@@ -496,24 +514,27 @@ class RedisBackplane(Backplane):
         history = self._history
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xinfo_stream(self.stream)
-            pipe.xrevrange(self.stream, count=history.ring.max_events)
+            # Entries hold batches: enough of them for the ring at one event each, no more.
+            pipe.xrevrange(self.stream, count=min(history.ring.max_events, 1_000))
             info, entries = await pipe.execute(raise_on_error=False)
         if isinstance(info, dict):
-            last_generated = parse_stream_id(text(info["last-generated-id"]))
+            last_entry = text(info["last-generated-id"])
             self._index = int(info["entries-added"])
         elif isinstance(info, ResponseError) and "no such key" in str(info):
-            last_generated, self._index, entries = 0, 0, []
+            last_entry, self._index, entries = "0-0", 0, []
         else:
             raise info
         if isinstance(entries, Exception):
             raise entries
-        self._position = format_stream_id(last_generated)
+        self._position = last_entry
         entries.reverse()
-        records = self.parser.parse(entries)
-        history.ring.clear(records[0].id - 1 if records else last_generated)
+        records = self.parser.parse(entries)[-history.ring.max_events :]
+        last = entry_end(last_entry) if last_entry != "0-0" else 0
+        history.ring.clear(records[0].id - 1 if records else last)
         for record in records:
             history.ring.append(record)
-        history.last_id = last_generated
+        # Every place of the newest entry: a cursor from here never replays it.
+        history.last_id = records[-1].id if records else last
 
     def _failed(self, what: str, exc: BaseException) -> None:
         message = f"{what} {self.display_url}: {type(exc).__name__}: {exc}"
@@ -527,3 +548,16 @@ class RedisBackplane(Backplane):
         if self.state == "error":
             logger.warning("evkit reached Redis at %s again", self.display_url)
         self.state = "ok"
+
+
+async def _stream_info(client: Any, stream: str) -> tuple[int, int]:
+    """The stream's last generated position and how many entries it ever added."""
+    from redis.exceptions import ResponseError
+
+    try:
+        info = await client.xinfo_stream(stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc):
+            return 0, 0
+        raise
+    return entry_end(text(info["last-generated-id"])), int(info["entries-added"])

@@ -1,10 +1,16 @@
 """What evkit keeps in a Redis stream: ids, entries, the scripts that write them.
 
-An entry holds one event: ``t`` (type), ``ts`` (timestamp, ms), ``c`` (correlation ID,
-when there is one), ``p`` (the payload JSON) and ``o`` (``producer:sequence``, so a
-write retried after a lost reply is recognised and skipped by every reader). The Redis
-stream id (``1764171234567-0``) is the event id on the wire; inside evkit it is the
-integer ``ms << 32 | seq``, so positions compare as integers.
+An entry holds a batch of events, as one instance's drain handed them to its writer:
+``h`` (a JSON list ``[type, timestamp, correlation ID or null]`` per event), ``p`` (their
+payloads' JSON, joined by the ASCII record separator 0x1E, which JSON never holds
+unescaped) and ``o`` (``producer:sequence``, so a write retried after a lost reply is
+recognised and skipped by every reader). An event's id is its entry's Redis stream id
+with its place in the entry folded into the sequence: the ``k``-th event of entry
+``1764171234567-3`` is ``1764171234567-{3 << 16 | k}``, so ids keep the form of stream
+ids and their order. Inside evkit an id is the integer ``ms << 32 | seq``.
+
+Entries of one event in the fields ``t`` (type), ``ts``, ``c`` (correlation ID) and ``p``
+(payload) are read too: what other writers append (checked before any client sees it).
 
 Pure apart from logging: entries in, records out. No connection is made here.
 """
@@ -12,7 +18,7 @@ Pure apart from logging: entries in, records out. No connection is made here.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -21,10 +27,17 @@ from evkit.exceptions import ProtocolError
 from evkit.protocol import encode_event, validate_correlation_id, validate_event_type
 from evkit.store.base import Record
 
+if TYPE_CHECKING:
+    from evkit.backplane.base import Pending
+
 __all__ = [
-    "APPEND_SCRIPT",
+    "EVENTS_PER_ENTRY",
     "ROTATE_SCRIPT",
     "EntryParser",
+    "batch_fields",
+    "entry_end",
+    "entry_id",
+    "entry_position",
     "format_stream_id",
     "parse_stream_id",
     "redacted_url",
@@ -38,24 +51,10 @@ _SEQ_BITS = 32
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 _SEEN_PRODUCERS = 4096  # producers remembered for skipping repeated writes
 
-# XADD every event of a batch. ARGV: maxlen, then per event a header
-# "<type> <timestamp> <producer:sequence> <correlation ID or nothing>" and the payload
-# JSON (two arguments per event keep the command cheap to encode). Returns the ids.
-APPEND_SCRIPT = """
-local ids = {}
-local maxlen = ARGV[1]
-for i = 2, #ARGV, 2 do
-  local t, ts, o, c = string.match(ARGV[i], '^(%S+) (%d+) (%S+) (.*)$')
-  if c == '' then
-    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-      't', t, 'ts', ts, 'p', ARGV[i + 1], 'o', o)
-  else
-    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-      't', t, 'ts', ts, 'c', c, 'p', ARGV[i + 1], 'o', o)
-  end
-end
-return ids
-"""
+_PLACE_BITS = 16  # an event's place in its entry, in the low bits of its sequence
+#: Most events one entry holds.
+EVENTS_PER_ENTRY = 1 << _PLACE_BITS
+_SEPARATOR = b"\x1e"
 
 # Rotate the epoch only if nobody did it first: every instance that notices a lost
 # stream agrees on one new epoch.
@@ -89,6 +88,31 @@ def format_stream_id(position: int) -> str:
     return f"{position >> _SEQ_BITS}-{position & _SEQ_MASK}"
 
 
+def entry_position(value: str | bytes) -> int:
+    """The position of a stream entry's first event (its place 0), from the entry's id.
+
+    Raises:
+        ValueError: not a stream id, or a sequence past what entries of events use.
+    """
+    raw = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = raw.partition("-")
+    sequence = int(seq) if seq else 0
+    if sequence >= 1 << (_SEQ_BITS - _PLACE_BITS):
+        raise ValueError(f"stream entry {raw!r}: sequence past {1 << (_SEQ_BITS - _PLACE_BITS)}")
+    return int(ms) << _SEQ_BITS | sequence << _PLACE_BITS
+
+
+def entry_end(value: str | bytes) -> int:
+    """The position of the last event an entry can hold (every place of it)."""
+    return entry_position(value) | (EVENTS_PER_ENTRY - 1)
+
+
+def entry_id(position: int) -> str:
+    """The id of the stream entry holding the event at ``position``."""
+    sequence = (position & _SEQ_MASK) >> _PLACE_BITS
+    return f"{position >> _SEQ_BITS}-{sequence}"
+
+
 def redacted_url(url: str) -> str:
     """``url`` with its password shown as ``***``, for logs and errors."""
     parts = urlsplit(url)
@@ -105,8 +129,8 @@ def trimmed_through(info: dict[str, Any]) -> int:
         return 0
     first = info.get("recorded-first-entry-id")
     if first is None:
-        return parse_stream_id(text(info["last-generated-id"]))
-    return parse_stream_id(text(first)) - 1
+        return entry_end(text(info["last-generated-id"]))
+    return entry_position(text(first)) - 1
 
 
 def text(value: Any) -> str:
@@ -134,43 +158,80 @@ class EntryParser:
         (reading the stream forward); a replay reads old entries without it."""
         seen = self.seen if remember else {}
         records: list[Record] = []
-        append = records.append
         for raw_id, fields in entries:
             origin = fields.get(b"o")
-            if origin is not None:
-                producer, _, number = origin.rpartition(b":")
-                sequence = int(number) if number.isdigit() else 0
-                if sequence <= seen.get(producer, 0):
-                    self.repeats_skipped += 1
-                    continue
-                if len(seen) >= _SEEN_PRODUCERS and producer not in seen:
-                    del seen[next(iter(seen))]
-                seen[producer] = sequence
-            try:
-                type_ = fields[b"t"].decode()
-                timestamp = int(fields[b"ts"])
-                payload_json = fields[b"p"]
-                correlation = fields.get(b"c")
-                if origin is None:  # not written by evkit: check what would reach clients
-                    validate_event_type(type_)
-                    if not isinstance(orjson.loads(payload_json), dict):
-                        raise ValueError("payload is not a JSON object")
-                    if correlation is not None:
-                        validate_correlation_id(correlation.decode())
-            except (KeyError, ValueError, ProtocolError) as exc:
-                self._skip_malformed(raw_id, exc)
+            if origin is not None and self._repeated(origin, seen):
                 continue
-            ms, _, seq = raw_id.partition(b"-")
+            try:
+                if b"h" in fields:
+                    self._batch(raw_id, fields, records)
+                else:
+                    self._single(raw_id, fields, origin is None, records)
+            except (KeyError, ValueError, TypeError, IndexError, ProtocolError) as exc:
+                self._skip_malformed(raw_id, exc)
+        return records
+
+    def _repeated(self, origin: bytes, seen: dict[bytes, int]) -> bool:
+        producer, _, number = origin.rpartition(b":")
+        sequence = int(number) if number.isdigit() else 0
+        if sequence <= seen.get(producer, 0):
+            self.repeats_skipped += 1
+            return True
+        if len(seen) >= _SEEN_PRODUCERS and producer not in seen:
+            del seen[next(iter(seen))]
+        seen[producer] = sequence
+        return False
+
+    @staticmethod
+    def _batch(raw_id: bytes, fields: dict[bytes, bytes], records: list[Record]) -> None:
+        """An entry of evkit's: a batch of events, checked when they were emitted."""
+        header = orjson.loads(fields[b"h"])
+        payloads = fields[b"p"].split(_SEPARATOR)
+        if len(payloads) != len(header) or len(header) > EVENTS_PER_ENTRY:
+            raise ValueError(f"{len(header)} events in the header, {len(payloads)} payloads")
+        ms, _, seq = raw_id.partition(b"-")
+        base = entry_position(raw_id)
+        sequence = int(seq) << _PLACE_BITS
+        append = records.append
+        for place, ((type_, timestamp, correlation_id), payload_json) in enumerate(
+            zip(header, payloads, strict=True)
+        ):
+            wire_id = b"%b-%d" % (ms, sequence | place)
             append(
                 Record(
-                    int(ms) << _SEQ_BITS | int(seq),
+                    base | place,
                     timestamp,
                     type_,
-                    correlation.decode() if correlation is not None else None,
-                    encode_event(type_, timestamp, raw_id.decode(), payload_json),
+                    correlation_id,
+                    encode_event(type_, timestamp, wire_id.decode(), payload_json),
                 )
             )
-        return records
+
+    @staticmethod
+    def _single(
+        raw_id: bytes, fields: dict[bytes, bytes], foreign: bool, records: list[Record]
+    ) -> None:
+        """An entry of one event (another writer's, checked here, or an older evkit's)."""
+        type_ = fields[b"t"].decode()
+        timestamp = int(fields[b"ts"])
+        payload_json = fields[b"p"]
+        correlation = fields.get(b"c")
+        if foreign:  # not written by evkit: check what would reach clients
+            validate_event_type(type_)
+            if not isinstance(orjson.loads(payload_json), dict):
+                raise ValueError("payload is not a JSON object")
+            if correlation is not None:
+                validate_correlation_id(correlation.decode())
+        position = entry_position(raw_id)
+        records.append(
+            Record(
+                position,
+                timestamp,
+                type_,
+                correlation.decode() if correlation is not None else None,
+                encode_event(type_, timestamp, format_stream_id(position), payload_json),
+            )
+        )
 
     def _skip_malformed(self, raw_id: bytes, exc: Exception) -> None:
         self.malformed += 1
@@ -182,3 +243,13 @@ class EntryParser:
                 self.malformed,
                 exc,
             )
+
+
+def batch_fields(producer: bytes, sequence: int, items: list[Pending]) -> dict[bytes, bytes]:
+    """The fields of the entry holding ``items`` (event, correlation ID, payload JSON, _)."""
+    header = orjson.dumps([[event.type, event.timestamp, cid] for event, cid, _, _ in items])
+    return {
+        b"o": b"%b:%d" % (producer, sequence),
+        b"h": header,
+        b"p": _SEPARATOR.join(item[2] for item in items),
+    }

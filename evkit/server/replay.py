@@ -65,7 +65,9 @@ def type_filter(patterns: Iterable[str], already: Iterable[str]) -> Callable[[st
 class Replayer:
     """Replays of one broadcaster's history to its clients; see the module docstring.
 
-    ``stopping()`` tells whether the broadcaster is stopping (replays then end early).
+    ``stopping()`` tells whether the broadcaster is stopping (replays then end early);
+    ``delivered()`` is the newest id live clients were sent: a replay stops there, and
+    the live stream carries on from it.
     """
 
     def __init__(
@@ -75,8 +77,10 @@ class Replayer:
         counters: Counters,
         client_buffer_limit: int,
         stopping: Callable[[], bool],
+        delivered: Callable[[], int],
     ) -> None:
         self.history = history
+        self.delivered = delivered
         self._fanout = fanout
         self._counters = counters
         self._slice = max(1, client_buffer_limit // 4)
@@ -99,7 +103,7 @@ class Replayer:
             if history.continues(epoch):
                 return after, "lost"
             return 0, "epoch"
-        if after > history.last_id:  # an id this stream never handed out: another stream's
+        if after > self.delivered():  # an id this stream never handed out: another stream's
             return after, "unknown_position"
         return after, None
 
@@ -179,9 +183,12 @@ class Replayer:
         position = after
         queue = self._fanout.queue_history
         limit = self._slice
+        delivered = self.delivered()
         for record in records:
             if sent_bytes >= limit:
                 return count, position, False
+            if record.id > delivered:  # recorded, not yet live: the live stream sends it
+                return count, position, True
             position = record.id
             if correlation_id is not None and record.correlation_id != correlation_id:
                 continue
@@ -220,7 +227,7 @@ class Replayer:
                     "count": count,
                     "complete": gap is None,
                     "epoch": history.epoch,
-                    "lastId": history.format_id(history.last_id),
+                    "lastId": history.format_id(self.delivered()),
                 },
             ),
         )

@@ -115,6 +115,7 @@ class Session:
                     "authentication required: send {'type': 'auth', 'payload': {'token': ...}} "
                     "first, or credentials in the handshake",
                 )
+            await server.admission.auth.ready(message.token)  # a JWKS fetched if need be
             principal = server.admission.auth.authenticate(message.token)
             self.request = server.admission.authorize(self.request, principal)
             self.principal = principal
@@ -150,7 +151,7 @@ class Session:
                     "correlationId": request.correlation_id,
                     "subscriptions": request.patterns,
                     "epoch": history.epoch,
-                    "lastId": history.format_id(history.last_id),
+                    "lastId": history.format_id(server.backplane.delivered_id),
                 },
             ),
         )

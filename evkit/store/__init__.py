@@ -52,7 +52,9 @@ def open_store(
     - ``memory://`` — a ring of ``history_size`` events (``?size=N`` overrides it).
     - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with optional
       ``?size=N&max_age=SECONDS`` retention on disk (default: 1,000,000 events, no age
-      limit; ``max_events`` is the former name of ``size``).
+      limit; ``max_events`` is the former name of ``size``) and
+      ``?synchronous=FULL`` (an fsync per commit, survives power loss; ``NORMAL`` by
+      default).
 
     Raises:
         ValueError: an unknown scheme, a shared stream's URL (``redis://``: see
@@ -107,10 +109,11 @@ def _open_sqlite(
         history_bytes=history_bytes,
         retention_size=_int_option(options, "size", 1_000_000),
         max_age=_seconds_option(options, "max_age"),
+        synchronous=options.get("synchronous", "NORMAL"),
     )
 
 
-_OPTIONS = {"memory": ("size",), "sqlite": ("size", "max_age")}
+_OPTIONS = {"memory": ("size",), "sqlite": ("size", "max_age", "synchronous")}
 _FORMER_OPTIONS = ("max_events",)  # still accepted, with a DeprecationWarning
 
 

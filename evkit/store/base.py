@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 __all__ = ["History", "Record", "Store", "new_epoch"]
@@ -95,6 +95,20 @@ class History(ABC):
     @abstractmethod
     def append(self, record: Record) -> None:
         """Record an event whose id is ``last_id + 1`` (the caller assigns it)."""
+
+    def extend(self, records: list[Record]) -> None:
+        """Record several events, in id order (:meth:`append` each, by default)."""
+        for record in records:
+            self.append(record)
+
+    def on_written(self, callback: Callable[[int], object]) -> bool:
+        """Call ``callback(last id written)``, from any thread, each time appended events
+        became durable; False when this history has nothing to wait for (it does not
+        write, and ``callback`` is never called).
+
+        A backplane uses it to deliver an event only once it would survive a crash.
+        """
+        return False
 
     @abstractmethod
     def first_id(self) -> int:

@@ -11,16 +11,16 @@ reads the epoch and the last id back, so after a restart ids continue and histor
 still served. Replays older than the ring read the database on the loop thread with a
 separate read connection (WAL lets it read while the writer writes).
 
-Ids are handed out before they are committed (delivery does not wait for the disk), so
-a crash (kill -9, power loss) can lose the newest events after clients were sent them.
-Such ids are never reused: the store persists a high-water mark (``reserved``) of the
-ids it may hand out, ahead of handing them out, and lowers it to the last committed id
-whenever everything is written (idle, ``sync()``, ``close()``). At open, a mark above
-the last committed id means the previous run ended with events that may be lost: the
-store starts a new epoch whose ids continue after the mark, and remembers the epoch it
-replaced (:meth:`SQLiteStore.continues`), so a client resuming from it is replayed what
-is left and told the replay is incomplete. A run that ended with everything written
-(clean stop, or killed while idle) keeps its epoch and nothing is reported.
+Ids are handed out before they are committed, but the broadcaster delivers an event
+only once it is committed (:meth:`History.on_written`), and a POST is answered only then:
+what a client was sent or told survives the process being killed. Ids are never reused
+either: the store persists a high-water mark (``reserved``) of the ids it may hand out,
+ahead of handing them out, and lowers it to the last committed id whenever everything
+is written (idle, ``sync()``, ``close()``). At open, a mark above the last committed id
+means the previous run was killed with events not yet committed, which no client saw:
+the epoch is kept, and ids continue after the mark. (Files written by evkit before
+commit-before-deliver started a new epoch there; :meth:`SQLiteStore.continues` still
+knows those epochs, so a client resuming from one is told its replay is incomplete.)
 
 With ``synchronous=NORMAL`` in WAL mode a committed event survives the process being
 killed but may be lost with the last transactions on a power loss or OS crash;
@@ -37,7 +37,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ __all__ = ["SCHEMA", "SQLiteStore"]
 logger = logging.getLogger("evkit.store.sqlite")
 
 _RESERVE_STEP = 100_000  # ids the high-water mark runs ahead of the newest, under load
-_LINEAGE = 16  # epochs replaced after crashes that a resume may still come from
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -115,7 +114,8 @@ class SQLiteStore(History):
         self._claimed = 0  # the newest id the loop was allowed to hand out
         self._on_disk = 0  # the mark as committed
         self._tighten = False  # lower the mark to what is written, once all of it is
-        self._lineage: list[str] = []  # epochs this one continues (after crashes)
+        self._lineage: list[str] = []  # epochs this one continues (older files' crashes)
+        self._written_callback: Callable[[int], object] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -146,26 +146,21 @@ class SQLiteStore(History):
             reserved = int(meta.get("reserved", committed))
             if row is None or (bounds[1] is None and stored_last is None and reserved == 0):
                 self.epoch = new_epoch()
-            elif reserved > committed:
-                # The last run may have handed out ids (committed, reserved] that are not
-                # on disk: a new epoch, continuing after them, so none is reused.
-                lineage = orjson.loads(meta.get("lineage", "[]"))
-                self._lineage = [*lineage, row[0]][-_LINEAGE:]
-                self.epoch = new_epoch()
-                logger.warning(
-                    "sqlite store %s was not closed cleanly: events after id %d may be lost; "
-                    "new epoch %s (was %s), ids continue after %d, resuming clients are told "
-                    "their replay is incomplete",
-                    self.path,
-                    committed,
-                    self.epoch,
-                    row[0],
-                    reserved,
-                )
-                committed = reserved
             else:
                 self.epoch = row[0]
                 self._lineage = orjson.loads(meta.get("lineage", "[]"))
+                if reserved > committed:
+                    # Killed with ids (committed, reserved] handed out but not committed:
+                    # no client was sent them (delivery waits for the commit); they are
+                    # skipped, never reused.
+                    logger.warning(
+                        "sqlite store %s was not closed cleanly: events after id %d were "
+                        "not committed (no client was sent them); ids continue after %d",
+                        self.path,
+                        committed,
+                        reserved,
+                    )
+                    committed = reserved
             with connection:
                 connection.executemany(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -200,7 +195,8 @@ class SQLiteStore(History):
         return connection
 
     def continues(self, epoch: str) -> bool:
-        """Whether ``epoch`` is one this store's epoch replaced after a crash.
+        """Whether ``epoch`` is one this store's epoch replaced after a crash (files of
+        evkit versions that delivered before committing).
 
         Ids never repeat across them, so an id of that epoch is a position here; what
         followed it may have been lost.
@@ -236,13 +232,27 @@ class SQLiteStore(History):
         return allowed
 
     def append(self, record: Record) -> None:
-        self._ring.append(record)
-        self.last_id = record.id
+        self.extend([record])
+
+    def extend(self, records: list[Record]) -> None:
+        """Keep ``records`` in the ring and hand them to the writer, which commits at once."""
+        ring = self._ring
+        for record in records:
+            ring.append(record)
+        self.last_id = records[-1].id
         with self._lock:
-            if len(self._pending) >= self.queue_size:
-                del self._pending[0]
-                self._dropped += 1
-            self._pending.append(record)
+            pending = self._pending
+            pending += records
+            overflow = len(pending) - self.queue_size
+            if overflow > 0:  # the disk fell behind: the oldest unwritten go, counted
+                del pending[:overflow]
+                self._dropped += overflow
+            self._lock.notify_all()
+
+    def on_written(self, callback: Callable[[int], object]) -> bool:
+        """Call ``callback(written id)`` from the writer thread after each commit."""
+        self._written_callback = callback
+        return True
 
     def _retained_after(self) -> int:
         # The ring may still hold what retention removed from disk: ids up to this one
@@ -356,6 +366,9 @@ class SQLiteStore(History):
                     self._writing = []
                     self._error = None
                     self._lock.notify_all()
+                callback = self._written_callback
+                if callback is not None:
+                    callback(batch[-1].id)
                 return
             except sqlite3.Error as exc:
                 with self._lock:

@@ -1,7 +1,8 @@
 """Every ``evkit ...`` line of the README's shell blocks, run as a person would run it.
 
 Each line is a test of its own. It runs in a folder holding a recording
-(``incident.db``, ``incident.jsonl``) and a store (``events.db``) of simulated events, against a
+(``incident.db``, ``incident.jsonl``) and a store (``events.db``) of simulated events, a
+settings file (``evkit.toml``) and a token file (``token.txt``), against a
 broadcaster of this test (``EVKIT_URL`` names it; the README's ``127.0.0.1:3000`` is
 rewritten to it), with simulated services running. Only what cannot run here as
 written is rewritten: ports (``--port 0``), Redis addresses (a ``redis-server`` of the
@@ -66,6 +67,8 @@ def workspace(tmp_path: Path) -> Iterator[Path]:
     from evkit.recording import RecordingWriter, read_events
 
     simulated_store(tmp_path / "events.db", seed=11)
+    (tmp_path / "evkit.toml").write_text('history_size = 50000\nlog_format = "json"\n')
+    (tmp_path / "token.txt").write_text("readme-token-0123456789abcdef\n")
     for name in ("incident.db", "incident.jsonl"):
         with RecordingWriter(tmp_path / name) as writer:
             for event in read_events(tmp_path / "events.db"):

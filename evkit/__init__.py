@@ -13,6 +13,8 @@ In a notebook, ``%load_ext evkit`` adds ``%%trace`` and ``%evkit`` (:mod:`evkit.
 
 from __future__ import annotations
 
+import logging
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Unpack
 
 from evkit import bus
@@ -43,7 +45,13 @@ if TYPE_CHECKING:
     from evkit.client.forwarder import ForwarderOptions
     from evkit.widgets import Dashboard
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("evkit")  # the installed metadata, as `evkit --version` says
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+# A library's logger stays silent until the application configures logging.
+logging.getLogger("evkit").addHandler(logging.NullHandler())
 
 _LAZY_SUBMODULES = ("analysis", "simulate", "widgets")
 

@@ -359,3 +359,10 @@ def test_report_of_a_live_server_for_some_seconds(server: evkit.Server, tmp_path
     assert result.returncode == 0, result.stderr
     assert f"listening to {server.url} for 2 s" in result.stderr
     assert "Top operations by impact" in result.stdout
+
+
+def test_the_library_version_and_its_silent_logger() -> None:
+    import logging
+
+    assert evkit.__version__ == version("evkit")
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("evkit").handlers)

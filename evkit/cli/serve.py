@@ -87,7 +87,10 @@ def _serve(args: argparse.Namespace) -> int:
     for warning in resolved.warnings:
         log.warning("%s", warning)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before serving: a stop is never lost
+    # Both signals only ask the loop below to stop, from before serving on: a signal
+    # that lands anywhere (starting, printing) is never a KeyboardInterrupt mid-call.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     settings = resolved.settings
     options = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
     server = evkit.serve(**options)
@@ -103,8 +106,6 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(1.0):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         if simulation is not None:
             simulation.stop()

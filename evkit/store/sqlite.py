@@ -33,6 +33,8 @@ and retried; past ``queue_size`` unwritten events the oldest are dropped and cou
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import sqlite3
 import threading
@@ -351,11 +353,7 @@ class SQLiteStore(History):
         while True:
             try:
                 with connection:
-                    connection.executemany(
-                        "INSERT OR REPLACE INTO events (id, timestamp, type, correlation_id, frame) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        batch,  # a Record is a tuple in exactly this column order
-                    )
+                    _insert(connection, batch)
                     connection.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_id', ?)",
                         (str(batch[-1].id),),
@@ -439,3 +437,26 @@ class SQLiteStore(History):
             "dropped": dropped,
             "error": error,
         }
+
+
+_ROWS_PER_STATEMENT = 1_000  # 5,000 parameters: under SQLite's 32,766
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_statement(rows: int) -> str:
+    return (
+        "INSERT OR REPLACE INTO events (id, timestamp, type, correlation_id, frame) VALUES "
+        + ",".join(("(?,?,?,?,?)",) * rows)
+    )
+
+
+def _insert(connection: sqlite3.Connection, batch: list[Record]) -> None:
+    """Insert ``batch`` (Records are tuples in the column order) many rows per statement.
+
+    One statement per row (``executemany``) lets go of the GIL and takes it back for
+    every row; with the loop thread busy, each take-back waits its turn, and the
+    writer, which delivery now waits for, crawled at 14 us a row against 3 us alone.
+    """
+    for start in range(0, len(batch), _ROWS_PER_STATEMENT):
+        rows = batch[start : start + _ROWS_PER_STATEMENT]
+        connection.execute(_insert_statement(len(rows)), tuple(itertools.chain.from_iterable(rows)))

@@ -54,12 +54,9 @@ import contextlib
 import itertools
 import multiprocessing
 import os
-import queue
 import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -128,21 +125,8 @@ class Instance(Broadcaster):
     """A broadcaster process running this script's INSTANCE (``rate``, ``flush``, ``stop``)."""
 
     def __init__(self, store: str, stream: str, name: str) -> None:
-        # Not Broadcaster.__init__, which starts redis_fanout's script; the rest is its own.
+        super().__init__(store, stream, name, None, script=INSTANCE)
         self.name = name
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", INSTANCE, store, stream, name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.errors: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_errors, daemon=True).start()
-        self.port = 0
 
 
 def process_rss(pid: int) -> float:

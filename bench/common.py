@@ -720,9 +720,10 @@ def pin(mode: str) -> Placement:
     return Placement(None, max(1, len(available)), "unpinned")
 
 
-def evkit_revision() -> str:
-    """The commit evkit was measured at, and whether its sources differ from it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def evkit_revision(root: str | None = None) -> str:
+    """The commit evkit was measured at (this checkout, or the one at ``root``), and
+    whether its sources differ from it."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environment = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not touch the index
     try:
         commit = subprocess.run(

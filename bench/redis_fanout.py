@@ -187,15 +187,29 @@ class RedisServer:
 class Broadcaster:
     """One broadcaster process running INSTANCE; commands on stdin, answers on stdout."""
 
-    def __init__(self, store: str, stream: str, name: str, cpus: set[int] | None) -> None:
+    def __init__(
+        self,
+        store: str,
+        stream: str,
+        name: str,
+        cpus: set[int] | None,
+        *,
+        script: str = INSTANCE,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        """Start ``script`` (this module's INSTANCE, or another bench's with the same
+        ``store stream name cpus`` arguments) with ``env`` and ``cwd`` if given."""
         cpu_list = ",".join(str(cpu) for cpu in sorted(cpus)) if cpus else ""
         self.process = subprocess.Popen(
-            [sys.executable, "-c", INSTANCE, store, stream, name, cpu_list],
+            [sys.executable, "-c", script, store, stream, name, cpu_list],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
+            env=env,
+            cwd=cwd,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.errors: list[str] = []

@@ -51,12 +51,9 @@ import asyncio
 import contextlib
 import os
 import platform
-import queue
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,21 +108,7 @@ class Child(Broadcaster):
         if pythonpath:
             environment["PYTHONPATH"] = pythonpath
         # ``python -c`` puts its working directory first on sys.path: keep it out of a checkout.
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", INSTANCE, store, stream, name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env=environment,
-            cwd=cwd,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.errors: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_errors, daemon=True).start()
-        self.port = 0
+        super().__init__(store, stream, name, None, script=INSTANCE, env=environment, cwd=cwd)
         self.module = ""
 
     def wait_listening(self, deadline: float) -> None:
@@ -364,24 +347,6 @@ def summarize(results: Sequence[RunResult], stores: Sequence[str]) -> dict[str, 
     return row
 
 
-def revision(pythonpath: str | None) -> str:
-    if not pythonpath:
-        return evkit_revision()
-    environment = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    try:
-        commit = subprocess.run(
-            ["git", "-C", pythonpath, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-            env=environment,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return f"from {pythonpath}"
-    return f"from {pythonpath}, commit {commit}"
-
-
 async def measure(args: argparse.Namespace, redis: RedisServer | None) -> list[RunResult]:
     results: list[RunResult] = []
     for run in range(args.runs):
@@ -421,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     redis = RedisServer(None, None) if "redis" in args.stores else None
     print(
         f"stores: {platform.python_implementation()} {platform.python_version()}, "
-        f"websockets {websockets.__version__}, evkit {revision(args.pythonpath)}, "
+        f"websockets {websockets.__version__}, evkit {evkit_revision(args.pythonpath)}, "
         + (f"redis-server {redis.version} (no persistence), " if redis else "")
         + f"{os.cpu_count()} CPUs, unpinned; {args.events:,} events per run, one client "
         f"with batch=1000,20; load average {os.getloadavg()[0]:.2f}"

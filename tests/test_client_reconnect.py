@@ -65,10 +65,15 @@ async def run_until(
 ) -> asyncio.Task[None]:
     owner = owner or Owner()
     task = asyncio.create_task(core.run(owner.welcomed, owner.session))
+    await wait_until(task, condition)
+    return task
+
+
+async def wait_until(task: asyncio.Task[None], condition: Any) -> None:
+    """Poll ``condition`` while the core's ``task`` runs (it starts nothing of its own)."""
     async with asyncio.timeout(TIMEOUT):
         while not condition() and not task.done():
             await asyncio.wait({task}, timeout=0.01)  # polled: no event says "retried"
-    return task
 
 
 async def stopped(core: Reconnecting, task: asyncio.Task[None]) -> None:
@@ -90,7 +95,7 @@ def test_a_welcomed_connection_is_published_as_a_status_snapshot(server: evkit.S
         assert owner.welcomes[0]["type"] == "websocket.connected"
 
         core.drop()
-        await run_until(core, lambda: core.status.connections == 2)
+        await wait_until(task, lambda: core.status.connections == 2)
         assert core.status.retries == 1
         assert core.status.last_error is not None
         await stopped(core, task)

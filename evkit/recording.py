@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from evkit.patterns import compile_pattern, validate_patterns
-from evkit.store.sqlite import SCHEMA
+from evkit.store.base import Record
+from evkit.store.sqlite_format import SCHEMA, insert, migrate, read_records
 from evkit.tls import SSLOption
 
 if TYPE_CHECKING:
@@ -137,25 +138,9 @@ def read_events(
     # as_uri() escapes what a URI would misread in a path (?, #, %).
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        query = "SELECT type, correlation_id, timestamp, frame FROM events"
-        clauses: list[str] = []
-        arguments: list[Any] = []
-        if correlation_id is not None:
-            clauses.append("correlation_id = ?")
-            arguments.append(correlation_id)
-        if low is not None:
-            clauses.append("timestamp >= ?")
-            arguments.append(low)
-        if high is not None:
-            clauses.append("timestamp <= ?")
-            arguments.append(high)
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
-        for type_, correlation, timestamp, frame in connection.execute(
-            query + " ORDER BY id", arguments
-        ):
-            if wanted(type_, correlation, timestamp):
-                yield orjson.loads(frame)
+        for record in read_records(connection, low=low, high=high):
+            if wanted(record.type, record.correlation_id, record.timestamp):
+                yield orjson.loads(record.frame)
     finally:
         connection.close()
 
@@ -238,7 +223,8 @@ class RecordingWriter:
     """Appends events to a recording (SQLite or JSON Lines, by the file's suffix).
 
     Events keep their stream ids in a SQLite recording when they are integers; an
-    event already recorded (the same id, after a resume) is not written twice.
+    event with an id at or below one already recorded (a repeat after a resume) is
+    not written twice.
     Call :meth:`flush` to commit, :meth:`close` when done.
     """
 
@@ -246,7 +232,7 @@ class RecordingWriter:
         self.path = _path_of(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count = 0
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending: list[Record] = []
         self._jsonl = _is_jsonl(self.path)
         if self._jsonl:
             self._file = self.path.open("ab")
@@ -255,7 +241,9 @@ class RecordingWriter:
             self._db = sqlite3.connect(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
-            self._next = (self._db.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0) + 1
+            migrate(self._db)  # an earlier release's recording: one row per event
+            newest = self._db.execute("SELECT MAX(last_id) FROM chunks").fetchone()[0]
+            self._next = (newest or 0) + 1
 
     def write(self, event: dict[str, Any], frame: bytes | None = None) -> None:
         """Add one event (``frame``: its bytes as received, to keep them exact)."""
@@ -264,13 +252,18 @@ class RecordingWriter:
         if self._jsonl:
             self._file.write(data.rstrip(b"\n") + b"\n")
             return
+        if b"\x1e" in data:  # JSON never holds it unescaped; chunks are joined by it
+            raise ValueError("a recorded frame must be JSON text; this one holds a raw 0x1E")
         event_id = event.get("id")
-        row_id = int(event_id) if isinstance(event_id, str) and event_id.isdigit() else self._next
-        self._next = max(self._next, row_id + 1)
+        numbered = isinstance(event_id, str) and event_id.isdigit()
+        row_id = int(event_id) if isinstance(event_id, str) and numbered else self._next
+        if numbered and row_id < self._next:
+            return  # recorded already: a repeat after a resume
+        self._next = row_id + 1
         payload = event.get("payload") or {}
         correlation = payload.get("correlationId") if isinstance(payload, dict) else None
         self._pending.append(
-            (
+            Record(
                 row_id,
                 int(event.get("timestamp") or 0),
                 str(event.get("type", "")),
@@ -288,11 +281,7 @@ class RecordingWriter:
             return
         if self._pending and self._db is not None:
             with self._db:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO events (id, timestamp, type, correlation_id, frame) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    self._pending,
-                )
+                insert(self._db, self._pending)
             self._pending.clear()
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import pytest
 import evkit
 from evkit.collector import FIXED_COLUMNS
 from evkit.recording import RecordingWriter, read_events
+from evkit.store.sqlite_format import read_records
 from evkit.testing import wait_until
 from tests.cli_support import run_evkit, started
 
@@ -81,7 +82,7 @@ def write_recording(path: Path, events: Sequence[dict[str, Any]]) -> Path:
 def sqlite_ids(path: Path) -> list[int]:
     connection = sqlite3.connect(path)
     try:
-        return [row[0] for row in connection.execute("SELECT id FROM events ORDER BY id")]
+        return [record.id for record in read_records(connection)]
     finally:
         connection.close()
 
@@ -378,7 +379,7 @@ def test_writer_keeps_the_frame_bytes_it_is_given(tmp_path: Path, name: str) -> 
     else:
         connection = sqlite3.connect(path)
         try:
-            [(stored,)] = connection.execute("SELECT frame FROM events").fetchall()
+            [stored] = [record.frame for record in read_records(connection)]
         finally:
             connection.close()
         assert stored == frame

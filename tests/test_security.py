@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import evkit
 from evkit.redaction import REDACTED
+from evkit.store.sqlite_format import read_records
 from evkit.testing import (
     assert_silent,
     open_client,
@@ -668,7 +669,7 @@ def test_nested_keys_are_redacted_live_and_in_the_store(tmp_path: Any) -> None:
         assert captured.recent()[-1]["payload"] == SENSITIVE
         evkit.flush()
         with sqlite3.connect(database) as db:
-            rows = db.execute("SELECT type, frame FROM events").fetchall()
+            rows = [(r.type, r.frame) for r in read_records(db)]
         assert [(t, orjson.loads(frame)["payload"]) for t, frame in rows] == [
             ("secret.user.updated", REDACTED_PAYLOAD)
         ]
@@ -716,7 +717,7 @@ def test_custom_redact_keys_add_to_the_defaults(tmp_path: Any) -> None:
         asyncio.run(scenario())
         evkit.flush()
         with sqlite3.connect(database) as db:
-            [(frame,)] = db.execute("SELECT frame FROM events").fetchall()
+            [frame] = [r.frame for r in read_records(db)]
         assert b'"ssn":"[redacted]"' in frame
         assert b'"SSN":"[redacted]"' in frame
         assert b'"password":"[redacted]"' in frame

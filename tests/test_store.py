@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 import evkit
 from evkit.protocol import encode, encode_event
 from evkit.store import MemoryStore, Record, SQLiteStore, Store, open_store
+from evkit.store.sqlite_format import read_records
 from evkit.testing import open_client, recv_json, recv_until, send_json
 
 EPOCH = re.compile(r"[0-9a-f]{8}")
@@ -66,10 +67,10 @@ def ids(records: Iterator[Record]) -> list[int]:
 
 
 def rows_on_disk(path: Path) -> list[int]:
-    """The ids in the file's events table, read with a connection of the test's own."""
+    """The ids the file holds, read with a connection of the test's own."""
     connection = sqlite3.connect(path)
     try:
-        return [row[0] for row in connection.execute("SELECT id FROM events ORDER BY id")]
+        return [record.id for record in read_records(connection)]
     finally:
         connection.close()
 
@@ -697,7 +698,7 @@ def test_server_stop_writes_every_event_emitted_before_it(tmp_path: Path) -> Non
     assert rows_on_disk(path) == list(range(1, 1001))
     connection = sqlite3.connect(path)
     try:
-        frames = [orjson.loads(row[0]) for row in connection.execute("SELECT frame FROM events")]
+        frames = [orjson.loads(record.frame) for record in read_records(connection)]
     finally:
         connection.close()
     assert [f["payload"]["n"] for f in frames] == list(range(1, 1001))
@@ -905,10 +906,10 @@ def stored_numbers(path: Path) -> dict[str, int]:
     """Each stored event's id and payload n, read from the file itself."""
     connection = sqlite3.connect(path)
     try:
-        rows = connection.execute("SELECT id, frame FROM events").fetchall()
+        rows = list(read_records(connection))
     finally:
         connection.close()
-    return {str(row[0]): orjson.loads(row[1])["payload"]["n"] for row in rows}
+    return {str(row.id): orjson.loads(row.frame)["payload"]["n"] for row in rows}
 
 
 @pytest.mark.slow

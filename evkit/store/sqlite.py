@@ -2,9 +2,12 @@
 
 Writes never happen on the broadcaster's loop: ``append`` puts the record in the
 in-memory ring (which serves recent replays) and in a pending batch, and a writer
-thread commits batches in one transaction each (WAL journal, ``synchronous=NORMAL``).
-Retention is bounded by count (``retention_size``) and optionally by age (``max_age``
-seconds); it runs on the writer thread after commits.
+thread commits each batch as one INSERT of chunks (up to 1,000 events a row; the
+format is :mod:`evkit.store.sqlite_format`), in WAL mode with ``synchronous=NORMAL``.
+The writer also runs the WAL checkpoints, after telling the loop of a commit rather
+than inside it (every 16 MiB written, and when the stream goes quiet). Retention is
+bounded by count (``retention_size``) and optionally by age (``max_age`` seconds); it
+runs on the writer thread after commits, only when something is due.
 
 When the database is new (or was wiped) the store starts a new epoch; otherwise it
 reads the epoch and the last id back, so after a restart ids continue and history is
@@ -33,8 +36,6 @@ and retried; past ``queue_size`` unwritten events the oldest are dropped and cou
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
 import sqlite3
 import threading
@@ -48,24 +49,22 @@ import orjson
 from evkit.exceptions import StoreUnavailable
 from evkit.store.base import History, Record, new_epoch
 from evkit.store.ring import HistoryRing
+from evkit.store.sqlite_format import (
+    SCHEMA,
+    decode_chunk,
+    insert,
+    migrate,
+    read_records,
+    transaction,
+)
 
 __all__ = ["SCHEMA", "SQLiteStore"]
 
 logger = logging.getLogger("evkit.store.sqlite")
 
 _RESERVE_STEP = 100_000  # ids the high-water mark runs ahead of the newest, under load
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    timestamp INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    correlation_id TEXT,
-    frame BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_timestamp ON events (timestamp);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+_CHECKPOINT_BYTES = 16 << 20  # of events written between checkpoints
+_NEVER = 1 << 62  # an "oldest timestamp" when the file holds nothing
 
 
 class SQLiteStore(History):
@@ -103,7 +102,10 @@ class SQLiteStore(History):
         self._expired_id = 0  # the newest id that age retention removed
         self._lock = threading.Condition()
         self._written_id = 0
+        self._retained_id = 0  # written, and retention applied after it
+        self._unchecked_bytes = 0  # written to the WAL since the last checkpoint (about)
         self._first_on_disk = 1
+        self._oldest_on_disk = _NEVER  # the oldest timestamp in the file (ms)
         self._dropped = 0
         self._error: str | None = None
         self._closing = False
@@ -138,8 +140,11 @@ class SQLiteStore(History):
         connection = self._connect()
         try:
             connection.executescript(SCHEMA)
+            moved = migrate(connection)
+            if moved:
+                logger.info("sqlite store %s: %d events moved into chunks", self.path, moved)
             row = connection.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-            bounds = connection.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+            bounds = connection.execute("SELECT MIN(first_id), MAX(last_id) FROM chunks").fetchone()
             stored_last = connection.execute(
                 "SELECT value FROM meta WHERE key = 'last_id'"
             ).fetchone()
@@ -175,7 +180,10 @@ class SQLiteStore(History):
                 )
             self.last_id = committed
             self._first_on_disk = bounds[0] if bounds[0] is not None else self.last_id + 1
+            oldest = connection.execute("SELECT MIN(oldest) FROM chunks").fetchone()[0]
+            self._oldest_on_disk = oldest if oldest is not None else _NEVER
             self._written_id = self._claimed = self._reserved = self._wanted = self.last_id
+            self._retained_id = self.last_id
             self._on_disk = self.last_id
         finally:
             connection.close()
@@ -190,8 +198,15 @@ class SQLiteStore(History):
             self._first_on_disk,
         )
 
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+    def _connect(self, autocommit: bool = False) -> sqlite3.Connection:
+        """A connection to the file; ``autocommit``: each statement its own transaction
+        unless ``transaction()`` opens one (the writer's: see :meth:`_write`)."""
+        connection = sqlite3.connect(
+            self.path,
+            check_same_thread=False,
+            timeout=30,
+            isolation_level=None if autocommit else "DEFERRED",
+        )
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(f"PRAGMA synchronous={self.synchronous}")
         return connection
@@ -275,14 +290,9 @@ class SQLiteStore(History):
                 unwritten = [*self._writing, *self._pending]
             last = after
             if self._reader is not None:
-                rows = self._reader.execute(
-                    "SELECT id, timestamp, type, correlation_id, frame FROM events "
-                    "WHERE id > ? AND id < ? ORDER BY id",
-                    (after, ring_first),
-                )
-                for row in rows:
-                    last = row[0]
-                    yield Record(row[0], row[1], row[2], row[3], bytes(row[4]))
+                for record in read_records(self._reader, after, ring_first):
+                    last = record.id
+                    yield record
             for record in unwritten:
                 if last < record.id < ring_first:
                     last = record.id
@@ -292,19 +302,25 @@ class SQLiteStore(History):
     # -- the writer thread ----------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        connection = self._connect()
+        connection = self._connect(autocommit=True)
+        # Checkpoints (copying the WAL into the file, with an fsync) run here after the
+        # loop was told of a commit (_write), not inside a COMMIT that delivery waits on.
+        connection.execute("PRAGMA wal_autocheckpoint=0")
         try:
             while True:
                 with self._lock:
                     idle = not (self._pending or self._closing or self._wanted > self._reserved)
+                    quiet = False
                     if idle and not self._lock.wait(self.batch_interval) and not self._pending:
-                        self._tighten = True  # a whole interval with nothing to write
+                        self._tighten = quiet = True  # a whole interval with nothing to write
                     batch = self._pending
                     self._pending = []
                     self._writing = batch
                     closing = self._closing
                 if batch:
                     self._write(connection, batch)
+                elif quiet and self._unchecked_bytes:
+                    self._checkpoint(connection)
                 self._move_mark(connection)
                 if closing:
                     with self._lock:
@@ -312,6 +328,20 @@ class SQLiteStore(History):
                             break
         finally:
             connection.close()
+
+    def _checkpoint(self, connection: sqlite3.Connection) -> None:
+        """Copy the WAL into the database file (PASSIVE: readers are not waited for).
+
+        Run on the writer thread between commits, so the WAL starts over afterwards: it
+        stays within about _CHECKPOINT_BYTES and one batch, as with SQLite's own
+        automatic checkpoints (which run inside the COMMIT, and would delay delivery).
+        """
+        try:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            logger.warning("sqlite store %s: checkpoint failed (%s); retried later", self.path, exc)
+            return
+        self._unchecked_bytes = 0
 
     def _move_mark(self, connection: sqlite3.Connection) -> None:
         """Commit the high-water mark: raised when the loop asked, lowered when all is written.
@@ -334,10 +364,12 @@ class SQLiteStore(History):
                 return
             self._tighten = False
         try:
-            with connection:
-                connection.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('reserved', ?)", (str(mark),)
-                )
+            with self._lock:
+                written = self._written_id
+            connection.execute(  # one statement: one transaction
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('reserved', ?), ('last_id', ?)",
+                (str(mark), str(written)),
+            )
         except sqlite3.Error as exc:
             with self._lock:
                 self._error = f"{type(exc).__name__}: {exc}"
@@ -350,15 +382,20 @@ class SQLiteStore(History):
             self._lock.notify_all()
 
     def _write(self, connection: sqlite3.Connection, batch: list[Record]) -> None:
+        """Commit ``batch``, tell the loop, then apply retention.
+
+        The batch goes in as one INSERT statement in its own transaction: every
+        statement lets go of the GIL while SQLite works and must take it back from a
+        busy loop thread (up to the 5 ms switch interval each), and delivery waits for
+        this commit. The last id is not written here: the chunks show it, and the
+        meta row keeps it whenever retention deletes (``_retain``) or the id mark moves.
+        """
         while True:
             try:
-                with connection:
-                    _insert(connection, batch)
-                    connection.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_id', ?)",
-                        (str(batch[-1].id),),
-                    )
-                self._retain(connection)
+                self._unchecked_bytes += insert(connection, batch)
+                if self.max_age is not None:
+                    oldest = min(record.timestamp for record in batch)
+                    self._oldest_on_disk = min(self._oldest_on_disk, oldest)
                 with self._lock:
                     self._written_id = batch[-1].id
                     self._writing = []
@@ -367,6 +404,12 @@ class SQLiteStore(History):
                 callback = self._written_callback
                 if callback is not None:
                     callback(batch[-1].id)
+                self._retain(connection)
+                with self._lock:
+                    self._retained_id = batch[-1].id
+                    self._lock.notify_all()
+                if self._unchecked_bytes >= _CHECKPOINT_BYTES:
+                    self._checkpoint(connection)
                 return
             except sqlite3.Error as exc:
                 with self._lock:
@@ -378,25 +421,68 @@ class SQLiteStore(History):
                 time.sleep(1.0)
 
     def _retain(self, connection: sqlite3.Connection) -> None:
-        with connection:
+        """Remove the events past ``retention_size`` and those older than ``max_age``.
+
+        Whole chunks are deleted; the one chunk a bound falls in is rewritten without
+        what it removes (usually one per commit, at most 1,000 events).
+        """
+        cutoff = self.last_id - self.retention_size
+        age_cutoff = None if self.max_age is None else int((time.time() - self.max_age) * 1000)
+        if cutoff < self._first_on_disk and (
+            age_cutoff is None or self._oldest_on_disk >= age_cutoff
+        ):
+            return  # nothing is due: no statement, no GIL hand-off
+        select = "SELECT last_id, header, frames FROM chunks "
+        with transaction(connection):
+            # What is deleted may hold the newest id: the meta row keeps it.
             connection.execute(
-                "DELETE FROM events WHERE id <= ?", (self.last_id - self.retention_size,)
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_id', ?)",
+                (str(self._written_id),),
             )
-            if self.max_age is not None:
-                cutoff = int((time.time() - self.max_age) * 1000)
-                expired = connection.execute(
-                    "SELECT MAX(id) FROM events WHERE timestamp < ?", (cutoff,)
-                ).fetchone()[0]
-                connection.execute("DELETE FROM events WHERE timestamp < ?", (cutoff,))
-                if expired is not None:
-                    self._expired_id = max(self._expired_id, expired)
-        first = connection.execute("SELECT MIN(id) FROM events").fetchone()[0]
-        self._first_on_disk = first if first is not None else self._written_id + 1
+            connection.execute("DELETE FROM chunks WHERE last_id <= ?", (cutoff,))
+            first = connection.execute(
+                "SELECT last_id, first_id FROM chunks ORDER BY last_id LIMIT 1"
+            ).fetchone()
+            if first is not None and first[1] <= cutoff:
+                rows = connection.execute(select + "WHERE last_id = ?", (first[0],)).fetchall()
+                self._rewrite(connection, rows, lambda record: record.id > cutoff)
+            if age_cutoff is not None:
+                expiring = age_cutoff
+                rows = connection.execute(select + "WHERE oldest < ?", (expiring,)).fetchall()
+                self._rewrite(connection, rows, lambda record: record.timestamp >= expiring)
+        first = connection.execute(
+            "SELECT first_id FROM chunks ORDER BY last_id LIMIT 1"
+        ).fetchone()
+        self._first_on_disk = first[0] if first is not None else self._written_id + 1
+        oldest = connection.execute("SELECT MIN(oldest) FROM chunks").fetchone()[0]
+        self._oldest_on_disk = oldest if oldest is not None else _NEVER
+
+    def _rewrite(
+        self,
+        connection: sqlite3.Connection,
+        rows: list[tuple[int, bytes, bytes]],
+        keep: Callable[[Record], bool],
+    ) -> None:
+        """Write the chunks of ``rows`` again with only the records ``keep`` accepts; ids up
+        to the newest one removed are no longer held (``first_id()``)."""
+        for last_id, header, frames in rows:
+            connection.execute("DELETE FROM chunks WHERE last_id = ?", (last_id,))
+            try:
+                records = decode_chunk(header, frames)
+            except ValueError as exc:
+                logger.error("sqlite store %s: deleted a damaged chunk (%s)", self.path, exc)
+                self._expired_id = max(self._expired_id, last_id)
+                continue
+            kept = [record for record in records if keep(record)]
+            removed = max((record.id for record in records if not keep(record)), default=0)
+            self._expired_id = max(self._expired_id, removed)
+            if kept:
+                self._unchecked_bytes += insert(connection, kept)
 
     # -- waiting and health ---------------------------------------------------------------
 
     def sync(self, timeout: float = 30.0) -> None:
-        """Block until every event appended so far is committed.
+        """Block until every event appended so far is committed (and retention applied).
 
         Raises:
             TimeoutError: the disk did not keep up within ``timeout`` seconds.
@@ -406,7 +492,7 @@ class SQLiteStore(History):
         def done() -> bool:
             # Written, and the mark lowered to match unless more is under way: a kill
             # right after sync() then keeps the epoch, since nothing could be lost.
-            return self._written_id >= target and (
+            return self._retained_id >= target and (
                 self._on_disk <= self._written_id or self._claimed > self._written_id
             )
 
@@ -437,26 +523,3 @@ class SQLiteStore(History):
             "dropped": dropped,
             "error": error,
         }
-
-
-_ROWS_PER_STATEMENT = 1_000  # 5,000 parameters: under SQLite's 32,766
-
-
-@functools.lru_cache(maxsize=4)
-def _insert_statement(rows: int) -> str:
-    return (
-        "INSERT OR REPLACE INTO events (id, timestamp, type, correlation_id, frame) VALUES "
-        + ",".join(("(?,?,?,?,?)",) * rows)
-    )
-
-
-def _insert(connection: sqlite3.Connection, batch: list[Record]) -> None:
-    """Insert ``batch`` (Records are tuples in the column order) many rows per statement.
-
-    One statement per row (``executemany``) lets go of the GIL and takes it back for
-    every row; with the loop thread busy, each take-back waits its turn, and the
-    writer, which delivery now waits for, crawled at 14 us a row against 3 us alone.
-    """
-    for start in range(0, len(batch), _ROWS_PER_STATEMENT):
-        rows = batch[start : start + _ROWS_PER_STATEMENT]
-        connection.execute(_insert_statement(len(rows)), tuple(itertools.chain.from_iterable(rows)))

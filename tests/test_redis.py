@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import evkit
+from evkit._loop import loop_thread
 from evkit.collector import FIXED_COLUMNS
 from evkit.testing import open_client, recv_events, recv_json, recv_until, request, send_json
 from tests.redis_support import (
@@ -666,3 +667,25 @@ def test_a_malformed_since_is_refused_with_400_and_a_reason(
         await ws.close()
 
     asyncio.run(scenario())
+
+
+async def evkit_redis_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("evkit-redis")]
+
+
+def test_stopping_a_server_ends_its_redis_tasks_after_a_burst(serve: ServeFactory) -> None:
+    # After a burst the reader waits in a blocking XREAD; stop() must end it there too,
+    # not leave it running to fail later on a closed client ("Task exception was never
+    # retrieved" when the process exits).
+    for round_ in range(3):
+        srv = serve(stream=f"{STREAM}-stop-{round_}")
+        for seq in range(100_000):
+            evkit.emit("bench.stop.event", {"seq": seq})
+        evkit.flush(timeout=TIMEOUT)
+        tasks = loop_thread().run(evkit_redis_tasks(), timeout=TIMEOUT)
+        assert len(tasks) == 2  # the writer and the reader
+        began = time.monotonic()
+        srv.stop()
+        assert [task.done() for task in tasks] == [True, True]
+        assert all(task.cancelled() or task.exception() is None for task in tasks)
+        assert time.monotonic() - began < 1.5  # well within what close() allows

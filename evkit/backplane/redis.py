@@ -195,6 +195,7 @@ class RedisBackplane(Backplane):
         self._retry: deque[tuple[int, list[Pending]]] = deque()
         self._per_entry = 1.0  # events per entry this writer wrote lately (trimming)
         self._writing = False
+        self._closing = asyncio.Event()  # close() began: the writer and the reader stop
         self.client: Redis | None = None
         self._reader: Redis | None = None
         self._wake = asyncio.Event()
@@ -223,6 +224,7 @@ class RedisBackplane(Backplane):
         from redis.exceptions import RedisError
 
         self._pending, self._sink = queue.pending, sink
+        self._closing.clear()
         options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 10.0}
         try:
             pool = BlockingConnectionPool.from_url(
@@ -264,12 +266,22 @@ class RedisBackplane(Backplane):
         return True
 
     async def close(self) -> None:
-        """Stop the writer and the reader and close the connections (within a few seconds)."""
+        """Stop the writer and the reader and close the connections (within a few seconds).
+
+        redis-py can absorb a cancellation that lands just as a reply arrived (the task
+        then waits on in a blocking ``XREAD``, and later fails on the closed client). So
+        the loops also stop at ``_closing``, and a task still running shortly after the
+        cancel is woken by closing its connection before the clients are closed.
+        """
+        self._closing.set()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
+            _, running = await asyncio.wait(tasks, timeout=0.5)
+            if running:
+                await self._disconnect()
+                await asyncio.wait(running, timeout=2.0)
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 logger.error("evkit Redis task failed: %r", task.exception())
@@ -280,6 +292,20 @@ class RedisBackplane(Backplane):
                 except Exception as exc:  # closing a broken connection: nothing to do
                     logger.debug("closing a Redis connection: %s", exc)
         self.client = self._reader = None
+
+    async def _disconnect(self) -> None:
+        """Close the sockets under the clients (they stay usable: a command reconnects)."""
+        for client in (self._reader, self.client):
+            if client is None:
+                continue
+            connection = client.connection  # the reader's single connection
+            try:
+                if connection is not None:
+                    await asyncio.wait_for(connection.disconnect(nowait=True), 2.0)
+                else:
+                    await asyncio.wait_for(client.connection_pool.disconnect(), 2.0)
+            except Exception as exc:  # the socket is broken already: nothing to do
+                logger.debug("disconnecting from Redis: %s", exc)
 
     def waiting(self) -> int:
         return len(self._pending) + sum(len(items) for _, items in self._retry)
@@ -314,7 +340,7 @@ class RedisBackplane(Backplane):
         from redis.exceptions import RedisError
 
         backoff = _BACKOFF_FIRST
-        while True:
+        while not self._closing.is_set():
             if not (self._pending or self._retry):
                 await self._wake.wait()
             self._wake.clear()
@@ -328,6 +354,8 @@ class RedisBackplane(Backplane):
                 self._retry.extendleft(reversed(batch))
                 self._writing = False
                 self._progress.set()
+                if self._closing.is_set():
+                    return
                 self._failed("writing", exc)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -405,7 +433,7 @@ class RedisBackplane(Backplane):
         reader = self._reader
         backoff = _BACKOFF_FIRST
         check = False
-        while True:
+        while not self._closing.is_set():
             try:
                 if check:
                     await self._check_stream()
@@ -419,6 +447,8 @@ class RedisBackplane(Backplane):
                 if not reply:  # nothing new: wait until the stream grows
                     await reader.xread({self.stream: self._position}, count=1, block=_BLOCK_MS)
             except (RedisError, OSError) as exc:
+                if self._closing.is_set():
+                    return
                 self._failed("reading", exc)
                 check = True
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))

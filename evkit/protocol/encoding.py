@@ -40,6 +40,7 @@ __all__ = [
     "now_ms",
     "ping_message",
     "publish_message",
+    "stream_event_format",
     "subscribe_message",
     "text_frame",
     "unsubscribe_message",
@@ -104,6 +105,15 @@ def encode_event(type_: str, timestamp: int, event_id: str, payload_json: bytes)
         event_id.encode(),
         payload_json,
     )
+
+
+def stream_event_format(ms: bytes) -> bytes:
+    """:func:`encode_event`'s frame for ids ``<ms>-<sequence>`` (Redis stream positions),
+    as a ``%`` format of (type as bytes, timestamp, sequence, payload JSON).
+
+    For framing many events of one stream entry: one formatting per event, no id string.
+    """
+    return b'{"type":"%%b","timestamp":%%d,"id":"%b-%%d","payload":%%b}' % ms
 
 
 def batch_message(events: list[bytes], timestamp: int | None = None) -> bytes:

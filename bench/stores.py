@@ -2,9 +2,9 @@
 
 Usage::
 
-    .venv/bin/python bench/stores.py --runs 3
+    .venv/bin/python bench/stores.py
     .venv/bin/python bench/stores.py --events 20000 --runs 3 --stores memory sqlite
-    .venv/bin/python bench/stores.py --runs 3 --pythonpath /tmp/evkit-head   # another evkit
+    .venv/bin/python bench/stores.py --pythonpath /tmp/evkit-head   # another evkit
 
 The script starts one ``redis-server`` of its own (a temporary directory, a free port on
 127.0.0.1, persistence off) and, per run, fresh broadcaster processes. Interleaved run by
@@ -38,8 +38,10 @@ it keeps reading until every broadcaster has flushed (and a short quiet spell), 
 repeat would be counted. Nothing paces the emitter: all events are sent in one command.
 
 Metric: events per second = events / (time the client had the last event - time the
-emit command was sent). CPU: each process's user+system time (from /proc/PID/stat) over
-that interval, as a share of one core. Nothing is pinned.
+emit command was sent), the median of ``--runs`` (5) runs per store after ``--warmup``
+(1) not counted: on the 2-CPU machine of bench/README.md the first run of each was up
+to 35 % slower than the rest, for every store alike. CPU: each process's user+system
+time (from /proc/PID/stat) over that interval, as a share of one core. Nothing is pinned.
 
 Every run finishes or aborts within ``--timeout`` seconds (120 by default).
 """
@@ -349,11 +351,14 @@ def summarize(results: Sequence[RunResult], stores: Sequence[str]) -> dict[str, 
 
 async def measure(args: argparse.Namespace, redis: RedisServer | None) -> list[RunResult]:
     results: list[RunResult] = []
-    for run in range(args.runs):
+    for run in range(args.warmup + args.runs):
         for store in args.stores:
             result = await run_once(store, redis, run, args.events, args.timeout, args.pythonpath)
             if run == 0 and not result.error:
                 print(f"  ({store}: children imported {result.module})", flush=True)
+            if run < args.warmup:  # a cold first run (page cache, CPU clocks): not counted
+                print("  warm-up:" + describe(result)[1:], flush=True)
+                continue
             print(describe(result), flush=True)
             results.append(result)
     return results
@@ -362,7 +367,10 @@ async def measure(args: argparse.Namespace, redis: RedisServer | None) -> list[R
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000, help="events per run")
-    parser.add_argument("--runs", type=int, default=3, help="runs per store; medians reported")
+    parser.add_argument("--runs", type=int, default=5, help="runs per store; medians reported")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="runs per store first, not counted (cold start)"
+    )
     parser.add_argument(
         "--stores", nargs="+", choices=STORES, default=list(STORES), help="stores to measure"
     )
@@ -374,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run the broadcaster children with PYTHONPATH=DIR (evkit imported from DIR)",
     )
     args = parser.parse_args(argv)
-    if args.events < 1 or args.runs < 1:
-        parser.error("--events >= 1, --runs >= 1")
+    if args.events < 1 or args.runs < 1 or args.warmup < 0:
+        parser.error("--events >= 1, --runs >= 1, --warmup >= 0")
     if args.timeout <= CLEANUP + 1:
         parser.error(f"--timeout must be more than {CLEANUP + 1:.0f} seconds")
     if args.pythonpath:

@@ -684,8 +684,6 @@ def test_stopping_a_server_ends_its_redis_tasks_after_a_burst(serve: ServeFactor
         evkit.flush(timeout=TIMEOUT)
         tasks = loop_thread().run(evkit_redis_tasks(), timeout=TIMEOUT)
         assert len(tasks) == 2  # the writer and the reader
-        began = time.monotonic()
         srv.stop()
         assert [task.done() for task in tasks] == [True, True]
         assert all(task.cancelled() or task.exception() is None for task in tasks)
-        assert time.monotonic() - began < 1.5  # well within what close() allows

@@ -533,7 +533,9 @@ def test_publish_empty_list() -> None:
     st.integers(min_value=0, max_value=1 << 53),
     st.integers(min_value=0, max_value=1 << 45),
     st.integers(min_value=0, max_value=(1 << 32) - 1),
-    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+    st.dictionaries(
+        st.text(max_size=5), st.integers(-(1 << 53), 1 << 53) | st.text(max_size=5), max_size=3
+    ),
 )
 def test_stream_event_format_frames_exactly_as_encode_event(
     type_: str, timestamp: int, ms: int, sequence: int, payload: dict[str, Any]

@@ -40,6 +40,11 @@ class MemoryStore(History):
         self._ring.append(record)
         self.last_id = record.id
 
+    def extend(self, records: list[Record]) -> None:
+        if records:
+            self._ring.extend(records)
+            self.last_id = records[-1].id
+
     def first_id(self) -> int:
         return self._ring.first_id(self.last_id + 1)
 

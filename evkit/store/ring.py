@@ -11,12 +11,15 @@ Pure: no I/O, no clocks, no threads. Called only from the broadcaster's loop.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections import deque
 from collections.abc import Iterator
 
 from evkit.store.base import Record
 
 __all__ = ["HistoryRing"]
+
+_FRAME = operator.itemgetter(4)  # Record.frame
 
 
 class HistoryRing:
@@ -49,6 +52,23 @@ class HistoryRing:
         self.bytes += len(record.frame)
         while len(records) > 1 and (len(records) > self.max_events or self.bytes > self.max_bytes):
             oldest = records.popleft()
+            self.bytes -= len(oldest.frame)
+            self.dropped_through = oldest.id
+
+    def extend(self, records: list[Record]) -> None:
+        """:meth:`append` each of ``records`` (in id order), in one pass."""
+        if not records:
+            return
+        kept = self._records
+        kept.extend(records)
+        self.bytes += sum(map(len, map(_FRAME, records)))
+        excess = len(kept) - self.max_events
+        if excess > 0:  # past the count: the oldest go, all at once
+            gone = [kept.popleft() for _ in range(excess)]
+            self.bytes -= sum(map(len, map(_FRAME, gone)))
+            self.dropped_through = gone[-1].id
+        while len(kept) > 1 and self.bytes > self.max_bytes:
+            oldest = kept.popleft()
             self.bytes -= len(oldest.frame)
             self.dropped_through = oldest.id
 

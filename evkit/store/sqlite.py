@@ -253,9 +253,7 @@ class SQLiteStore(History):
 
     def extend(self, records: list[Record]) -> None:
         """Keep ``records`` in the ring and hand them to the writer, which commits at once."""
-        ring = self._ring
-        for record in records:
-            ring.append(record)
+        self._ring.extend(records)
         self.last_id = records[-1].id
         with self._lock:
             pending = self._pending

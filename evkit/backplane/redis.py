@@ -35,6 +35,7 @@ from evkit.backplane.redis_stream import (
     ROTATE_SCRIPT,
     EntryParser,
     batch_fields,
+    entries_to_keep,
     entry_end,
     entry_id,
     entry_position,
@@ -58,6 +59,7 @@ logger = logging.getLogger("evkit.backplane.redis")
 _ENTRY_EVENTS = 500  # most events per stream entry
 _ENTRIES_PER_WRITE = 8  # most entries per round trip of the writer (one pipeline)
 _READ_COUNT = 100  # most entries per XREAD
+_RECENT_ENTRIES = 1024  # entry sizes remembered for trimming
 _BLOCK_MS = 2000
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
@@ -156,9 +158,9 @@ class RedisBackplane(Backplane):
             ``unix:///path/redis.sock``; redis-py reads every option from it.
         stream: the stream key; the epoch lives next to it at ``<stream>:epoch:2`` (2:
             the batched entry format).
-        maxlen: about how many events the stream keeps (``XADD MAXLEN ~`` in entries,
-            from this writer's recent events per entry; Redis trims whole nodes, so a
-            little more is kept).
+        maxlen: at least how many events the stream keeps, about (``XADD MAXLEN ~``
+            counts entries: as many as this writer's newest entries needed to hold
+            ``maxlen`` events; Redis trims whole nodes, so a little more is kept).
         history_size, history_bytes: recent events this instance keeps in memory for
             fast replays (at most ``maxlen``).
     """
@@ -193,7 +195,8 @@ class RedisBackplane(Backplane):
         self._sequence = 0
         self._written_position = 0  # the newest event this instance wrote
         self._retry: deque[tuple[int, list[Pending]]] = deque()
-        self._per_entry = 1.0  # events per entry this writer wrote lately (trimming)
+        # Events in each of this writer's newest entries, newest first (trimming).
+        self._recent_entries: deque[int] = deque(maxlen=_RECENT_ENTRIES)
         self._writing = False
         self._closing = asyncio.Event()  # close() began: the writer and the reader stop
         self.client: Redis | None = None
@@ -398,15 +401,16 @@ class RedisBackplane(Backplane):
     async def _append(self, batch: list[tuple[int, list[Pending]]]) -> list[Any]:
         """One ``XADD`` per entry, in one pipeline: one round trip for thousands of events.
 
-        Trimming counts entries: the stream keeps about ``maxlen`` events at this
-        writer's recent events per entry.
+        Trimming counts entries: the stream keeps as many entries as this writer's
+        newest ones needed to hold ``maxlen`` events (:func:`entries_to_keep`).
         """
         assert self.client is not None
         producer = self._producer
+        recent = self._recent_entries
         async with self.client.pipeline(transaction=False) as pipe:
             for sequence, items in batch:
-                self._per_entry += (len(items) - self._per_entry) * 0.1
-                limit = max(1, round(self.maxlen / max(1.0, self._per_entry)))
+                recent.appendleft(len(items))
+                limit = entries_to_keep(recent, self.maxlen)
                 pipe.xadd(
                     self.stream,
                     batch_fields(producer, sequence, items),  # type: ignore[arg-type]
@@ -472,10 +476,8 @@ class RedisBackplane(Backplane):
         self._position = text(entries[-1][0])
         self.counts["read"] += len(records)
         history = self._history
-        append = history.append
-        for record in records:
-            append(record)
         if records:
+            history.ring.extend(records)
             history.last_id = max(history.last_id, records[-1].id)
         if records:
             assert self._sink is not None

@@ -18,7 +18,9 @@ Pure apart from logging: entries in, records out. No connection is made here.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -40,6 +42,7 @@ __all__ = [
     "ROTATE_SCRIPT",
     "EntryParser",
     "batch_fields",
+    "entries_to_keep",
     "entry_end",
     "entry_id",
     "entry_position",
@@ -60,6 +63,7 @@ _PLACE_BITS = 16  # an event's place in its entry, in the low bits of its sequen
 #: Most events one entry holds.
 EVENTS_PER_ENTRY = 1 << _PLACE_BITS
 _SEPARATOR = b"\x1e"
+_new_record = cast(Callable[[type[Record], tuple[Any, ...]], Record], tuple.__new__)
 
 # Rotate the epoch only if nobody did it first: every instance that notices a lost
 # stream agrees on one new epoch.
@@ -118,6 +122,23 @@ def entry_id(position: int) -> str:
     return f"{position >> _SEQ_BITS}-{sequence}"
 
 
+def entries_to_keep(newest_first: Iterable[int], maxlen: int) -> int:
+    """How many stream entries hold ``maxlen`` events, judging by the sizes of the newest
+    entries (events in each, newest first): enough of them, then their average for the
+    rest. An average of all of them could keep fewer than ``maxlen`` events when the
+    newest entries are the smaller ones.
+    """
+    kept = count = 0
+    for size in newest_first:
+        count += 1
+        kept += size
+        if kept >= maxlen:
+            return count
+    if kept == 0:
+        return max(1, maxlen)  # nothing written yet: as if one event per entry
+    return count + math.ceil((maxlen - kept) * count / kept)
+
+
 def redacted_url(url: str) -> str:
     """``url`` with its password shown as ``***``, for logs and errors."""
     parts = urlsplit(url)
@@ -172,7 +193,14 @@ class EntryParser:
                     self._batch(raw_id, fields, records)
                 else:
                     self._single(raw_id, fields, origin is None, records)
-            except (KeyError, ValueError, TypeError, IndexError, ProtocolError) as exc:
+            except (
+                KeyError,
+                ValueError,
+                TypeError,
+                IndexError,
+                AttributeError,
+                ProtocolError,
+            ) as exc:
                 self._skip_malformed(raw_id, exc)
         return records
 
@@ -197,24 +225,26 @@ class EntryParser:
         ms, _, seq = raw_id.partition(b"-")
         base = entry_position(raw_id)
         sequence = int(seq) << _PLACE_BITS
-        frame = stream_event_format(ms)  # one formatting per event: 2 us -> 1 us
-        encoded: dict[str, bytes] = {}  # the entry's types, as bytes
-        append = records.append
-        for place, ((type_, timestamp, correlation_id), payload_json) in enumerate(
-            zip(header, payloads, strict=True)
-        ):
-            type_bytes = encoded.get(type_)
-            if type_bytes is None:
-                type_bytes = encoded[type_] = type_.encode()
-            append(
-                Record(
+        frame = stream_event_format(ms)  # one formatting per event
+        encoded = {type_: type_.encode() for type_ in {item[0] for item in header}}
+        # Every reader frames every event of the stream: built in one comprehension, the
+        # records made as tuples of the Record class (its constructor is a Python-level
+        # function), 1.07 -> 0.91 us per event.
+        records += [
+            _new_record(
+                Record,
+                (
                     base | place,
                     timestamp,
                     type_,
                     correlation_id,
-                    frame % (type_bytes, timestamp, sequence | place, payload_json),
-                )
+                    frame % (encoded[type_], timestamp, sequence | place, payload_json),
+                ),
             )
+            for place, ((type_, timestamp, correlation_id), payload_json) in enumerate(
+                zip(header, payloads, strict=True)
+            )
+        ]
 
     @staticmethod
     def _single(

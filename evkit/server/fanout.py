@@ -101,6 +101,9 @@ class Fanout:
         Each event is framed once. Every client gets one write for the whole call,
         holding its frames (events, or batches of batched clients) in stream order.
         """
+        if not self.index:  # no client subscribed (an instance that only emits, say)
+            self.evict()
+            return
         route = self.index.route
         plans = self._plans
         pending: dict[Writable, list[bytes]] = {}

@@ -38,9 +38,10 @@ it keeps reading until every broadcaster has flushed (and a short quiet spell), 
 repeat would be counted. Nothing paces the emitter: all events are sent in one command.
 
 Metric: events per second = events / (time the client had the last event - time the
-emit command was sent), the median of ``--runs`` (5) runs per store after ``--warmup``
+emit command was sent), the median of ``--runs`` (9) runs per store after ``--warmup``
 (1) not counted: on the 2-CPU machine of bench/README.md the first run of each was up
-to 35 % slower than the rest, for every store alike. CPU: each process's user+system
+to 35 % slower than the rest, for every store alike, and single runs of one store
+spread by +-20 % within an invocation. CPU: each process's user+system
 time (from /proc/PID/stat) over that interval, as a share of one core. Nothing is pinned.
 
 Every run finishes or aborts within ``--timeout`` seconds (120 by default).
@@ -367,7 +368,7 @@ async def measure(args: argparse.Namespace, redis: RedisServer | None) -> list[R
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000, help="events per run")
-    parser.add_argument("--runs", type=int, default=5, help="runs per store; medians reported")
+    parser.add_argument("--runs", type=int, default=9, help="runs per store; medians reported")
     parser.add_argument(
         "--warmup", type=int, default=1, help="runs per store first, not counted (cold start)"
     )

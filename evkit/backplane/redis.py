@@ -479,7 +479,6 @@ class RedisBackplane(Backplane):
         if records:
             history.ring.extend(records)
             history.last_id = max(history.last_id, records[-1].id)
-        if records:
             assert self._sink is not None
             self._sink.deliver(records)
 

@@ -229,7 +229,7 @@ class EntryParser:
         encoded = {type_: type_.encode() for type_ in {item[0] for item in header}}
         # Every reader frames every event of the stream: built in one comprehension, the
         # records made as tuples of the Record class (its constructor is a Python-level
-        # function), 1.07 -> 0.91 us per event.
+        # function): about 15 % less per event (bench/README.md, "Scale-out").
         records += [
             _new_record(
                 Record,

@@ -69,7 +69,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _COLUMNS = "last_id, first_id, oldest, newest, header, frames"
-_INSERT = f"INSERT OR REPLACE INTO chunks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 _ROWS_PER_STATEMENT = 1_000  # 6,000 parameters: under SQLite's 32,766
 _Row = tuple[int, int, int, int, bytes, bytes]
 _LOWEST, _HIGHEST = -(1 << 63), (1 << 63) - 1  # SQLite's integer range
@@ -176,7 +175,7 @@ def read_records(
     """
     limit = before if before is not None else _HIGHEST
     bounds = (_LOWEST if low is None else low, _HIGHEST if high is None else high)
-    if _has_events_table(connection):  # an earlier release's file, read as it is
+    if _has_table(connection, "events"):  # an earlier release's file, read as it is
         for row in connection.execute(
             "SELECT id, timestamp, type, correlation_id, frame FROM events "
             "WHERE id > ? AND id < ? AND timestamp >= ? AND timestamp <= ? ORDER BY id",
@@ -201,7 +200,7 @@ def migrate(connection: sqlite3.Connection) -> int:
 
     Returns how many events were moved (0 when there was no such table).
     """
-    if not _has_events_table(connection):
+    if not _has_table(connection, "events"):
         return 0
     moved = 0
     with connection:
@@ -210,15 +209,11 @@ def migrate(connection: sqlite3.Connection) -> int:
         )
         while batch := rows.fetchmany(EVENTS_PER_CHUNK * 10):
             records = [Record(r[0], r[1], r[2], r[3], bytes(r[4])) for r in batch]
-            connection.executemany(_INSERT, [encode_chunk(chunk) for chunk in chunks_of(records)])
+            insert(connection, records)
             moved += len(records)
         rows.close()
         connection.execute("DROP TABLE events")
     return moved
-
-
-def _has_events_table(connection: sqlite3.Connection) -> bool:
-    return _has_table(connection, "events")
 
 
 def _has_table(connection: sqlite3.Connection, name: str) -> bool:

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 import evkit
+from evkit.backplane.base import Pending
+from evkit.backplane.local import LocalBackplane
+from evkit.bus import Event
 from evkit.protocol import encode, encode_event
 from evkit.store import MemoryStore, Record, SQLiteStore, Store, open_store
 from evkit.store.sqlite_format import read_records
@@ -406,6 +410,90 @@ def test_sqlite_on_written_reports_each_commit_in_order(tmp_path: Path) -> None:
         assert written[-1] == 30
         assert written == sorted(written)
         assert rows_on_disk(tmp_path / "events.db") == list(range(1, 31))
+    finally:
+        store.close()
+
+
+class _Queue:
+    """The broadcaster's queue as a backplane sees it (as evkit.server.ingress does it),
+    with ``held``: a drain the test itself stands for, scheduled but not yet run."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.pending: deque[Pending] = deque()
+        self.held = False
+        self._wake = wake
+        self._scheduled = False
+
+    @property
+    def waking(self) -> bool:
+        return self.held or self._scheduled
+
+    def again(self, delay: float = 0.0) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(delay, self._woken)
+
+    def _woken(self) -> None:
+        self._scheduled = False
+        self._wake()
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.delivered: list[int] = []
+
+    def deliver(self, records: list[Record]) -> None:
+        self.delivered += [r.id for r in records]
+
+    def published(self, items: list[Pending]) -> None:
+        pass
+
+    def stream_broken(self, reason: str) -> None:
+        pass
+
+
+def test_a_commit_reaches_clients_by_the_drain_already_scheduled_or_else_by_a_wake(
+    tmp_path: Path,
+) -> None:
+    """Under load a drain is always scheduled: the writer then does not wake the loop
+    (a syscall that hands the GIL away), and that drain delivers the commit first."""
+    store = SQLiteStore(tmp_path / "events.db")
+    store.open()
+
+    async def scenario() -> None:
+        backplane = LocalBackplane(store)
+        queue, sink = _Queue(backplane.wake), _Sink()
+        await backplane.start(queue, sink)
+        loop = asyncio.get_running_loop()
+
+        async def drained() -> None:
+            for _ in range(500):  # the first ids wait for the writer to commit a mark
+                if not queue.pending:
+                    return
+                backplane.wake()
+                await asyncio.sleep(0.01)
+
+        async def settled(count: int) -> None:
+            await loop.run_in_executor(None, store.sync)
+            for _ in range(50):  # a few loop turns for a wake already sent
+                await asyncio.sleep(0.01)
+                if len(sink.delivered) >= count:
+                    return
+
+        queue.pending += [(Event("t.a", 0), None, b"{}", 0.0) for _ in range(3)]
+        queue.held = True  # a drain is scheduled: the writer leaves the commit to it
+        await drained()
+        await settled(3)
+        assert sink.delivered == []  # committed, waiting for that drain
+        queue.held = False  # from now on only the queue's own retries are scheduled
+        queue.pending.append((Event("t.a", 0), None, b"{}", 0.0))
+        backplane.wake()  # that drain: the commit first, then the new event recorded
+        assert sink.delivered == [1, 2, 3]
+        await settled(4)
+        assert sink.delivered == [1, 2, 3, 4]
+
+    try:
+        asyncio.run(scenario())
     finally:
         store.close()
 

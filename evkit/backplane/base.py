@@ -41,6 +41,10 @@ class Queue(Protocol):
     def again(self, delay: float = 0.0) -> None:
         """Have the backplane woken once more, after ``delay`` seconds (on the loop)."""
 
+    @property
+    def waking(self) -> bool:
+        """Whether a wake of the backplane is scheduled (read from any thread)."""
+
 
 class Sink(Protocol):
     """Where a backplane hands what it has recorded (the broadcaster, on its loop)."""

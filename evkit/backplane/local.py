@@ -9,8 +9,10 @@ never held for long.
 With a durable history (SQLite) an event reaches clients only once it is committed:
 every event a client was sent survives a crash of the process. Chunks wait in order
 for the writer's commit (it commits as soon as it has something, so a busy stream gets
-group commits); past :data:`_UNCOMMITTED` events waiting, the drain stops taking more
-from the queue until the disk catches up (the queue is bounded, and counts drops).
+group commits). The writer wakes the loop after a commit only when no drain is already
+scheduled; under load one always is, and it delivers what was committed first. Past
+:data:`_UNCOMMITTED` events waiting, the drain stops taking more from the queue until
+the disk catches up (the queue is bounded, and counts drops).
 
 Must not await inside a drain: recording and delivery of one chunk happen in one turn
 (or, durable, in the turn the commit is seen), which is what lets a replay and the
@@ -55,15 +57,27 @@ class LocalBackplane(Backplane):
         self._committed_id = 0
         self._delivered_id = 0
         self._durable = False
+        self._written_mark = 0  # the newest commit the writer reported (any thread)
+        self._loop: LoopHandle | None = None
         self._progress = asyncio.Event()
 
     async def start(self, queue: Queue, sink: Sink) -> None:
         self._queue, self._sink = queue, sink
         self._committed_id = self._delivered_id = self.history.last_id
-        loop = LoopHandle(asyncio.get_running_loop())
-        self._durable = self.history.on_written(
-            lambda written: loop.call_soon(self._written, written)
-        )
+        self._loop = LoopHandle(asyncio.get_running_loop())
+        self._durable = self.history.on_written(self._on_written)
+
+    def _on_written(self, written_id: int) -> None:
+        """The writer's news of a commit (its thread). A drain already scheduled takes it
+        up (under load one always is), so the loop is woken only when none is: waking it
+        is a syscall that hands the GIL away, once per commit, and asks it back from a
+        busy emitting thread (up to the 5 ms switch interval)."""
+        self._written_mark = written_id
+        queue = self._queue
+        if queue is not None and queue.waking:
+            return  # that drain reads _written_mark after this was set (see _drain)
+        assert self._loop is not None
+        self._loop.call_soon(self._written, written_id)
 
     def wake(self) -> None:
         self._drain()
@@ -76,6 +90,8 @@ class LocalBackplane(Backplane):
         queue, sink = self._queue, self._sink
         if queue is None or sink is None:
             return 0
+        if self._written_mark > self._committed_id:  # commits the writer did not wake us for
+            self._deliver_committed(self._written_mark)
         if self._uncommitted_events >= _UNCOMMITTED:
             return 0  # the disk is behind: the commit that catches up wakes the drain again
         pending = queue.pending
@@ -113,7 +129,15 @@ class LocalBackplane(Backplane):
         return allowed
 
     def _written(self, written_id: int) -> None:
-        """The history committed up to ``written_id``: deliver what waited for it (the loop)."""
+        """The history committed up to ``written_id``: deliver what waited for it, and
+        drain on if the queue was held back for it (the loop)."""
+        self._deliver_committed(written_id)
+        queue = self._queue
+        if queue is not None and queue.pending and self._uncommitted_events < _UNCOMMITTED:
+            queue.again()
+
+    def _deliver_committed(self, written_id: int) -> None:
+        """Deliver the chunks committed up to ``written_id`` (the loop)."""
         sink = self._sink
         self._committed_id = max(self._committed_id, written_id)
         uncommitted = self._uncommitted
@@ -125,9 +149,6 @@ class LocalBackplane(Backplane):
                 sink.published(items)
                 sink.deliver(records)
         self._progress.set()
-        queue = self._queue
-        if queue is not None and queue.pending and self._uncommitted_events < _UNCOMMITTED:
-            queue.again()
 
     @property
     def delivered_id(self) -> int:

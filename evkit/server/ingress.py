@@ -92,6 +92,11 @@ class Ingress:
             if not self._loop.call_soon(self._woken):  # loop closed: the server is gone
                 self._scheduled = False
 
+    @property
+    def waking(self) -> bool:
+        """Whether the backplane will be woken (a wake is scheduled); any thread."""
+        return self._scheduled
+
     def _woken(self) -> None:
         self._scheduled = False
         self._wake()

@@ -41,7 +41,10 @@ Metric: events per second = events / (time the client had the last event - time 
 emit command was sent), the median of ``--runs`` (9) runs per store after ``--warmup``
 (1) not counted: on the 2-CPU machine of bench/README.md the first run of each was up
 to 35 % slower than the rest, for every store alike, and single runs of one store
-spread by +-20 % within an invocation. CPU: each process's user+system
+spread by +-20 % within an invocation. Beside it, the steady rate: the events between
+the client having 10 % and 90 % of them, over the time between (the start, with the
+first id mark a durable store commits, and the last commit or read, left out). CPU:
+each process's user+system
 time (from /proc/PID/stat) over that interval, as a share of one core. Nothing is pinned.
 
 Every run finishes or aborts within ``--timeout`` seconds (120 by default).
@@ -72,6 +75,7 @@ PATH = "/ws/events?eventTypes=bench.*&batch=1000,20"
 STORES = ("memory", "sqlite", "redis")
 CLEANUP = 10.0  # seconds of --timeout kept for flushing and stopping
 QUIET = 0.3  # seconds without a message, after every flush, before the count is final
+WINDOW = (0.1, 0.9)  # shares of the events between which the steady rate is taken
 NOISE = 0.10  # other processes' share of a core above which a run is flagged
 
 # redis_fanout's INSTANCE, with the event type under bench.* and the evkit it imported.
@@ -139,11 +143,15 @@ class Count:
     id_errors: int = 0
     seq_errors: int = 0  # out of range or seen before
     last_at: float = 0.0
+    # When the client had WINDOW[0] and WINDOW[1] of the events (the steady rate's window).
+    window_at: list[float] = field(default_factory=list)
+    marks: tuple[int, ...] = ()
     done: asyncio.Event = field(default_factory=asyncio.Event)
     seen: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
         self.seen = bytearray(self.events)
+        self.marks = tuple(max(1, int(self.events * share)) for share in WINDOW)
 
     def take(self, event: dict[str, Any]) -> None:
         ident = id_key(event.get("id"))
@@ -156,6 +164,8 @@ class Count:
         else:
             self.seq_errors += 1
         self.received += 1
+        if self.received in self.marks:
+            self.window_at.append(time.monotonic())
         if self.received == self.events:
             self.last_at = time.monotonic()
             self.done.set()
@@ -184,9 +194,16 @@ class RunResult:
     module: str = ""
     error: str | None = None
 
+    steady_seconds: float = 0.0  # between the client having WINDOW[0] and WINDOW[1] of them
+
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_rate(self) -> float:
+        window = self.events * (WINDOW[1] - WINDOW[0])
+        return window / self.steady_seconds if self.steady_seconds > 0 else 0.0
 
     def share(self, seconds: float) -> float:
         return seconds / self.seconds if self.seconds > 0 else 0.0
@@ -261,6 +278,8 @@ async def run_once(
                     done.cancel()
                     raise RunAborted(f"the connection closed after {count.received} events")
                 result.seconds = count.last_at - started
+                if len(count.window_at) == 2:
+                    result.steady_seconds = count.window_at[1] - count.window_at[0]
                 result.broadcaster_cpu = [
                     c.cpu() - c0 for c, c0 in zip(children, cpu0, strict=True)
                 ]
@@ -309,7 +328,8 @@ def describe(result: RunResult) -> str:
     cpu = ", ".join(f"{result.share(seconds):.0%}" for seconds in result.broadcaster_cpu)
     dropped = sum(s.get("dropped", 0) for s in result.stats)
     line = (
-        f"  {name} {result.rate:>9,.0f} events/s in {result.seconds:5.2f} s; received "
+        f"  {name} {result.rate:>9,.0f} events/s in {result.seconds:5.2f} s (steady "
+        f"{result.steady_rate:,.0f}); received "
         f"{result.received}, ids increasing, seqs once each ({result.batches} batches, "
         f"{result.singles} single frames), dropped {dropped}; CPU (share of a core): "
         f"broadcasters {cpu}"
@@ -329,6 +349,9 @@ def summarize(results: Sequence[RunResult], stores: Sequence[str]) -> dict[str, 
         good = [r for r in results if r.store == store and not r.error]
         row[store] = round(statistics.median(r.rate for r in good)) if good else None
         row[f"{store}_runs"] = len(good)
+        row[f"{store}_steady"] = (
+            round(statistics.median(r.steady_rate for r in good)) if good else None
+        )
         if good:
             row[f"{store}_cpu"] = [
                 round(statistics.median(r.share(r.broadcaster_cpu[k]) for r in good), 3)
@@ -341,10 +364,12 @@ def summarize(results: Sequence[RunResult], stores: Sequence[str]) -> dict[str, 
                 row["redis_server_cpu"] = round(
                     statistics.median(r.share(r.redis_cpu) for r in good), 3
                 )
-    memory = row.get("memory")
+    memory, memory_steady = row.get("memory"), row.get("memory_steady")
     for store in stores:
         if store != "memory" and memory and row.get(store):
             row[f"{store}_vs_memory"] = round(row[store] / memory, 3)
+        if store != "memory" and memory_steady and row.get(f"{store}_steady"):
+            row[f"{store}_steady_vs_memory"] = round(row[f"{store}_steady"] / memory_steady, 3)
     finished = [r for r in results if not r.error]
     row["others"] = round(max((r.share(r.others.seconds) for r in finished), default=0.0), 3)
     return row
@@ -407,19 +432,25 @@ def main(argv: list[str] | None = None) -> int:
             redis.stop()
     row = summarize(results, args.stores)
     print(f"\nmedian of {args.runs} runs, events/s delivered to the client")
-    print("| store | events/s | vs memory | broadcaster CPU | redis-server CPU | client CPU |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| store | events/s | vs memory | steady events/s | vs memory | broadcaster CPU "
+        "| redis-server CPU | client CPU |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for store in args.stores:
         rate = row[store]
         if rate is None:
-            print(f"| {store} | aborted | | | | |")
+            print(f"| {store} | aborted | | | | | | |")
             continue
         memory = row.get("memory")
         ratio = f"{rate / memory:.2f}" if memory else "n/a"
+        steady, memory_steady = row[f"{store}_steady"], row.get("memory_steady")
+        steady_ratio = f"{steady / memory_steady:.2f}" if memory_steady and steady else "n/a"
         cpu = " + ".join(f"{share:.0%}" for share in row[f"{store}_cpu"])
         redis_cpu = f"{row['redis_server_cpu']:.0%}" if store == "redis" else ""
         print(
-            f"| {store} | {rate:,} | {ratio} | {cpu} | {redis_cpu} | "
+            f"| {store} | {rate:,} | {ratio} | {steady or 0:,} | {steady_ratio} | {cpu} | "
+            f"{redis_cpu} | "
             f"{row[f'{store}_client_cpu']:.0%} |"
         )
     if row["others"] > NOISE:

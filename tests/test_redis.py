@@ -342,6 +342,54 @@ def test_a_client_resumes_on_another_instance_with_exactly_what_it_missed(
     asyncio.run(scenario())
 
 
+def test_an_instance_no_client_listens_to_frames_what_it_read_only_when_a_replay_asks(
+    redis_server: RedisServer, instances: InstanceFactory
+) -> None:
+    """B reads the stream with no client (entries kept unparsed, bounded as its memory
+    ring is: 100 events here); a client then resumes on B from an early id and gets
+    everything, the older part from Redis, then live events once each."""
+    [a] = instances(redis_server.url, 1, stream=STREAM)
+    [b] = instances(redis_server.url, 1, stream=STREAM, extra=("--history-size", "100"))
+
+    async def scenario() -> None:
+        ws, welcome = await open_client(a.url, eventTypes="idle.*")
+        epoch = welcome["payload"]["epoch"]
+        for start in range(0, 300, 100):
+            status, _ = await asyncio.to_thread(
+                post_events,
+                a.http_url,
+                [event("idle.test.event", n=n) for n in range(start, start + 100)],
+            )
+            assert status == 202
+        seen = await recv_events(ws, 300)
+        assert [e["payload"]["n"] for e in seen] == list(range(300))
+
+        def b_read_all() -> bool:
+            return bool(health(b.http_url)["store"]["lastId"] == seen[-1]["id"])
+
+        await asyncio.to_thread(wait_for, b_read_all, "B to read all 300 events")
+        cached = health(b.http_url)["store"]["cached"]
+        assert 100 <= cached < 200, cached  # the ring's 100, and part of an entry at most
+
+        resumed, _ = await open_client(b.url, eventTypes="idle.*", since=seen[9]["id"], epoch=epoch)
+        missed, report = await replayed_report(resumed)
+        assert [e["id"] for e in missed] == [e["id"] for e in seen[10:]]
+        assert [e["payload"]["n"] for e in missed] == list(range(10, 300))
+        assert report["complete"] is True
+
+        status, _ = await asyncio.to_thread(
+            post_events, a.http_url, event("idle.test.event", n=300)
+        )
+        assert status == 202
+        [live] = await recv_events(resumed, 1)
+        assert live["payload"]["n"] == 300
+        assert position(live["id"]) > position(missed[-1]["id"])
+        await resumed.close()
+        await ws.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_collector_behind_a_relay_moves_to_another_instance_and_misses_nothing(
     redis_server: RedisServer, instances: InstanceFactory
 ) -> None:

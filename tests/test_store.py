@@ -451,6 +451,9 @@ class _Sink:
     def stream_broken(self, reason: str) -> None:
         pass
 
+    def listening(self) -> bool:
+        return True
+
 
 def test_a_commit_reaches_clients_by_the_drain_already_scheduled_or_else_by_a_wake(
     tmp_path: Path,

@@ -58,6 +58,9 @@ class Sink(Protocol):
     def stream_broken(self, reason: str) -> None:
         """The stream lost events or was replaced: clients must resume (close 1012)."""
 
+    def listening(self) -> bool:
+        """Whether any client is subscribed (else a delivery reaches nobody)."""
+
 
 class Backplane(ABC):
     """Ids, recording and delivery of queued events; see the module docstring."""

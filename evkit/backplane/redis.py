@@ -37,6 +37,7 @@ from evkit.backplane.redis_stream import (
     batch_fields,
     entries_to_keep,
     entry_end,
+    entry_events,
     entry_id,
     entry_position,
     format_stream_id,
@@ -93,13 +94,16 @@ class RedisHistory(History):
         self.last_id = record.id
 
     def first_id(self) -> int:
+        self._backplane.catch_up()
         return self.ring.first_id(self.last_id + 1)
 
     def trimmed_through(self) -> int:
         """What the memory ring cannot serve: older entries are read from Redis."""
+        self._backplane.catch_up()
         return self.ring.dropped_through
 
     def read_after(self, after: int) -> Iterator[Record]:
+        self._backplane.catch_up()
         return self.ring.read_after(after)
 
     async def read_older(self, after: int, count: int) -> tuple[list[Record], int]:
@@ -206,6 +210,11 @@ class RedisBackplane(Backplane):
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: deque[Pending] = deque()
         self._sink: Sink | None = None
+        # Entries read while no client was subscribed, not yet parsed (see _defer), with
+        # their events and bytes; within what the memory ring holds.
+        self._deferred: deque[tuple[bytes, dict[bytes, bytes], int, int]] = deque()
+        self._deferred_events = 0
+        self._deferred_bytes = 0
 
     def open(self) -> None:
         return None  # nothing to prepare off the loop: start() connects
@@ -324,7 +333,7 @@ class RedisBackplane(Backplane):
             "maxlen": self.maxlen,
             "epoch": history.epoch,
             "lastId": format_stream_id(history.last_id),
-            "cached": len(history.ring),
+            "cached": len(history.ring) + self._deferred_events,
             "written": counts["written"],
             "read": counts["read"],
             "waiting": self.waiting(),
@@ -472,15 +481,69 @@ class RedisBackplane(Backplane):
                 self._fell_behind(trimmed_through(info), first_index - self._index - 1)
                 self._index = first_index - 1
         self._index += len(entries)
-        records = self.parser.parse(entries)
         self._position = text(entries[-1][0])
+        assert self._sink is not None
+        if not self._sink.listening():
+            self._defer(entries)
+            return
+        self.catch_up()
+        records = self.parser.parse(entries)
         self.counts["read"] += len(records)
         history = self._history
         if records:
             history.ring.extend(records)
             history.last_id = max(history.last_id, records[-1].id)
-            assert self._sink is not None
             self._sink.deliver(records)
+
+    def _defer(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Keep ``entries`` unparsed: no client is subscribed to be sent them.
+
+        Every instance reads the whole stream, and framing each event is most of what
+        reading costs; an instance that only emits (or has no client yet) frames them
+        only when something asks for its history (:meth:`catch_up`). Repeated writes
+        are skipped here, in stream order, and ``last_id`` moves on as if parsed; what
+        is kept is bounded as the memory ring is, and what goes is what the ring would
+        have dropped.
+        """
+        history, deferred, parser = self._history, self._deferred, self.parser
+        for raw_id, fields in entries:
+            origin = fields.get(b"o")
+            if origin is not None and parser.repeated(origin):
+                continue
+            events = entry_events(fields)
+            size = sum(map(len, fields.values()))
+            deferred.append((raw_id, fields, events, size))
+            self._deferred_events += events
+            self._deferred_bytes += size
+            history.last_id = max(history.last_id, entry_position(raw_id) | (events - 1))
+            self.counts["read"] += events
+        ring = history.ring
+        while len(deferred) > 1:  # the oldest go once the newer fill the ring without them
+            raw_id, _, events, size = deferred[0]
+            if (
+                self._deferred_events - events < ring.max_events
+                and self._deferred_bytes - size < ring.max_bytes
+            ):
+                break
+            deferred.popleft()
+            self._deferred_events -= events
+            self._deferred_bytes -= size
+            ring.clear(entry_position(raw_id) | (events - 1))
+
+    def catch_up(self) -> None:
+        """Parse the entries kept by :meth:`_defer` into the memory ring (on the loop)."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        entries = [(raw_id, fields) for raw_id, fields, _, _ in deferred]
+        self._drop_deferred()
+        records = self.parser.parse(entries, remember=False)  # repeats were skipped
+        if records:
+            self._history.ring.extend(records)
+
+    def _drop_deferred(self) -> None:
+        self._deferred.clear()
+        self._deferred_events = self._deferred_bytes = 0
 
     def _fell_behind(self, trimmed: int, missed: int) -> None:
         """``missed`` entries, up to ``trimmed``, left the stream before this instance read them."""
@@ -496,6 +559,7 @@ class RedisBackplane(Backplane):
         # What is held in memory stops at the gap: replays older than it go to Redis,
         # which reports them incomplete.
         history = self._history
+        self._drop_deferred()  # older than the gap, as is the ring
         history.ring.clear(trimmed)
         history.last_id = max(history.last_id, trimmed)
         assert self._sink is not None
@@ -528,6 +592,7 @@ class RedisBackplane(Backplane):
             )
             history.epoch = epoch
             self.counts["resets"] += 1
+            self._drop_deferred()
             history.ring.clear(0)
             history.last_id = 0
             self._position = "0-0"
@@ -561,6 +626,7 @@ class RedisBackplane(Backplane):
         entries.reverse()
         records = self.parser.parse(entries)[-history.ring.max_events :]
         last = entry_end(last_entry) if last_entry != "0-0" else 0
+        self._drop_deferred()
         history.ring.clear(records[0].id - 1 if records else last)
         for record in records:
             history.ring.append(record)

@@ -44,6 +44,7 @@ __all__ = [
     "batch_fields",
     "entries_to_keep",
     "entry_end",
+    "entry_events",
     "entry_id",
     "entry_position",
     "format_stream_id",
@@ -120,6 +121,14 @@ def entry_id(position: int) -> str:
     """The id of the stream entry holding the event at ``position``."""
     sequence = (position & _SEQ_MASK) >> _PLACE_BITS
     return f"{position >> _SEQ_BITS}-{sequence}"
+
+
+def entry_events(fields: dict[bytes, bytes]) -> int:
+    """How many events an entry holds, without parsing it (a batch's payloads are joined
+    by 0x1E, which no JSON text holds; an older single-event entry holds one)."""
+    if b"h" not in fields:
+        return 1
+    return fields.get(b"p", b"").count(_SEPARATOR) + 1
 
 
 def entries_to_keep(newest_first: Iterable[int], maxlen: int) -> int:
@@ -203,6 +212,11 @@ class EntryParser:
             ) as exc:
                 self._skip_malformed(raw_id, exc)
         return records
+
+    def repeated(self, origin: bytes) -> bool:
+        """Whether an entry from ``origin`` (``producer:sequence``) was read already: a
+        retried write. Noted as read otherwise (reading the stream forward)."""
+        return self._repeated(origin, self.seen)
 
     def _repeated(self, origin: bytes, seen: dict[bytes, int]) -> bool:
         producer, _, number = origin.rpartition(b":")

@@ -251,6 +251,9 @@ class Broadcaster:
     def deliver(self, records: list[Record]) -> None:
         self.fanout.deliver(records)
 
+    def listening(self) -> bool:
+        return bool(self.fanout.index)
+
     def published(self, items: list[Any]) -> None:
         self.counters.count_published(items)
 

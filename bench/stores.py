@@ -20,7 +20,12 @@ redis
     Two broadcaster processes A and B sharing one stream (``evkit.serve(port=0,
     store="redis://...", stream=...)``, a new stream per run); the events are emitted on
     A and the client is connected to B, so each event goes emit -> XADD -> XREAD on B ->
-    the client.
+    the client. A has no client: it keeps what it reads back unparsed (only a replay
+    from A would frame it).
+redis-listening
+    The same, with one more client, on A, subscribed to ``other.*`` (nothing emitted
+    here matches): A then frames everything it reads back, as an instance serving
+    clients does.
 
 Every broadcaster is a child process running the same small script (the one of
 ``bench/redis_fanout.py``): it serves, prints its port, then emits what this process
@@ -72,7 +77,10 @@ from redis_fanout import Broadcaster, RedisServer, process_cpu
 
 HOST = "127.0.0.1"
 PATH = "/ws/events?eventTypes=bench.*&batch=1000,20"
-STORES = ("memory", "sqlite", "redis")
+STORES = ("memory", "sqlite", "redis", "redis-listening")
+REDIS = ("redis", "redis-listening")
+# The client redis-listening keeps on A: subscribed, to a type nothing here emits.
+IDLE_PATH = "/ws/events?eventTypes=other.*"
 CLEANUP = 10.0  # seconds of --timeout kept for flushing and stopping
 QUIET = 0.3  # seconds without a message, after every flush, before the count is final
 WINDOW = (0.1, 0.9)  # shares of the events between which the steady rate is taken
@@ -254,7 +262,16 @@ async def run_once(
             await asyncio.to_thread(child.wait_listening, deadline)
         result.module = children[0].module
         emitter, listener = children[0], children[-1]
-        async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+        async with (
+            asyncio.timeout(max(0.1, deadline - time.monotonic())),
+            contextlib.AsyncExitStack() as idle,
+        ):
+            if store == "redis-listening":  # A then frames all it reads, as for clients
+                other = await idle.enter_async_context(
+                    websockets.connect(f"ws://{HOST}:{emitter.port}{IDLE_PATH}", ping_interval=None)
+                )
+                if orjson.loads(await other.recv()).get("type") != "websocket.connected":
+                    raise RunAborted("A's idle client was not welcomed")
             async with websockets.connect(
                 f"ws://{HOST}:{listener.port}{PATH}",
                 compression=None,
@@ -268,7 +285,7 @@ async def run_once(
                 reader = asyncio.create_task(read(connection, count, result))
                 result.others.start()
                 cpu0 = [child.cpu() for child in children]
-                redis0 = process_cpu(redis.process.pid) if store == "redis" and redis else 0.0
+                redis0 = process_cpu(redis.process.pid) if store in REDIS and redis else 0.0
                 me0 = process_cpu(os.getpid())
                 started = time.monotonic()
                 emitter.send(f"emit 0 {events}")
@@ -283,7 +300,7 @@ async def run_once(
                 result.broadcaster_cpu = [
                     c.cpu() - c0 for c, c0 in zip(children, cpu0, strict=True)
                 ]
-                if store == "redis" and redis:
+                if store in REDIS and redis:
                     result.redis_cpu = process_cpu(redis.process.pid) - redis0
                 result.client_cpu = process_cpu(os.getpid()) - me0
                 result.others.stop()
@@ -303,7 +320,7 @@ async def run_once(
                 await reader
         for child in children:
             await asyncio.to_thread(child.stop)
-        if redis is not None and store == "redis":
+        if redis is not None and store in REDIS:
             with contextlib.suppress(Exception):
                 redis.client.delete(stream)
         workdir.cleanup()
@@ -334,7 +351,7 @@ def describe(result: RunResult) -> str:
         f"{result.singles} single frames), dropped {dropped}; CPU (share of a core): "
         f"broadcasters {cpu}"
     )
-    if result.store == "redis":
+    if result.store in REDIS:
         line += f", redis-server {result.share(result.redis_cpu):.0%}"
     line += (
         f", client {result.share(result.client_cpu):.0%}, other processes "
@@ -360,8 +377,8 @@ def summarize(results: Sequence[RunResult], stores: Sequence[str]) -> dict[str, 
             row[f"{store}_client_cpu"] = round(
                 statistics.median(r.share(r.client_cpu) for r in good), 3
             )
-            if store == "redis":
-                row["redis_server_cpu"] = round(
+            if store in REDIS:
+                row[f"{store}_server_cpu"] = round(
                     statistics.median(r.share(r.redis_cpu) for r in good), 3
                 )
     memory, memory_steady = row.get("memory"), row.get("memory_steady")
@@ -417,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isfile(os.path.join(args.pythonpath, "evkit", "__init__.py")):
             parser.error(f"no evkit package in {args.pythonpath}")
 
-    redis = RedisServer(None, None) if "redis" in args.stores else None
+    redis = RedisServer(None, None) if set(REDIS) & set(args.stores) else None
     print(
         f"stores: {platform.python_implementation()} {platform.python_version()}, "
         f"websockets {websockets.__version__}, evkit {evkit_revision(args.pythonpath)}, "
@@ -447,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         steady, memory_steady = row[f"{store}_steady"], row.get("memory_steady")
         steady_ratio = f"{steady / memory_steady:.2f}" if memory_steady and steady else "n/a"
         cpu = " + ".join(f"{share:.0%}" for share in row[f"{store}_cpu"])
-        redis_cpu = f"{row['redis_server_cpu']:.0%}" if store == "redis" else ""
+        redis_cpu = f"{row[f'{store}_server_cpu']:.0%}" if store in REDIS else ""
         print(
             f"| {store} | {rate:,} | {ratio} | {steady or 0:,} | {steady_ratio} | {cpu} | "
             f"{redis_cpu} | "

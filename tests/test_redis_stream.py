@@ -9,7 +9,13 @@ import orjson
 import pytest
 
 from evkit.backplane.redis import RedisBackplane
-from evkit.backplane.redis_stream import EntryParser, batch_fields, entries_to_keep, entry_events
+from evkit.backplane.redis_stream import (
+    EntryParser,
+    UnparsedEntries,
+    batch_fields,
+    entries_to_keep,
+    entry_events,
+)
 from evkit.bus import Event
 from evkit.protocol import encode_event
 from evkit.store.base import Record
@@ -65,6 +71,36 @@ def test_an_entry_tells_how_many_events_it_holds_without_being_parsed() -> None:
     assert entry_events(batch_fields(b"p", 1, items(3))) == 3
     assert entry_events(batch_fields(b"p", 1, items(1))) == 1
     assert entry_events({b"type": b"a.b.c", b"event": b"{}"}) == 1  # an older single-event entry
+
+
+def test_unparsed_entries_are_kept_in_order_and_given_back_once() -> None:
+    kept = UnparsedEntries(max_events=100, max_bytes=1 << 20)
+    read = entries(1, 3, 4)
+    for raw_id, fields in read:
+        kept.keep(raw_id, fields)
+    assert (len(kept), kept.events, kept.newest) == (3, 12, 3 << 32 | 3)
+    assert kept.size == sum(len(value) for _, fields in read for value in fields.values())
+    assert kept.trim() == 0  # within the bound: nothing goes
+    assert kept.take() == read
+    assert (len(kept), kept.events, kept.size, kept.newest) == (0, 0, 0, 0)
+    assert kept.take() == []
+
+
+def test_unparsed_entries_let_the_oldest_go_as_a_ring_of_their_bound_would() -> None:
+    kept = UnparsedEntries(max_events=10, max_bytes=1 << 20)
+    for raw_id, fields in entries(1, 5, 4):
+        kept.keep(raw_id, fields)
+    # 20 events: entries 1 and 2 go, since 3-5 hold 12 >= 10 without them; 3 stays
+    # (4 and 5 alone hold 8 < 10), so at least the bound is kept.
+    assert kept.trim() == 2 << 32 | 3  # the last event let go
+    assert [raw_id for raw_id, _ in kept.take()] == [b"3-0", b"4-0", b"5-0"]
+
+    by_bytes = UnparsedEntries(max_events=1_000, max_bytes=1)
+    for raw_id, fields in entries(1, 3, 4):
+        by_bytes.keep(raw_id, fields)
+    assert by_bytes.trim() == 2 << 32 | 3
+    assert (len(by_bytes), by_bytes.events) == (1, 4)  # the newest stays, however large
+    assert by_bytes.trim() == 0
 
 
 class _Sink:

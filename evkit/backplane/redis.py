@@ -34,10 +34,10 @@ from evkit.backplane.base import Backplane, Pending, Queue, Sink
 from evkit.backplane.redis_stream import (
     ROTATE_SCRIPT,
     EntryParser,
+    UnparsedEntries,
     batch_fields,
     entries_to_keep,
     entry_end,
-    entry_events,
     entry_id,
     entry_position,
     format_stream_id,
@@ -210,11 +210,10 @@ class RedisBackplane(Backplane):
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: deque[Pending] = deque()
         self._sink: Sink | None = None
-        # Entries read while no client was subscribed, not yet parsed (see _defer), with
-        # their events and bytes; within what the memory ring holds.
-        self._deferred: deque[tuple[bytes, dict[bytes, bytes], int, int]] = deque()
-        self._deferred_events = 0
-        self._deferred_bytes = 0
+        # Entries read while no client was subscribed, not yet parsed (see _defer); within
+        # what the memory ring holds.
+        ring = self._history.ring
+        self._unparsed = UnparsedEntries(ring.max_events, ring.max_bytes)
 
     def open(self) -> None:
         return None  # nothing to prepare off the loop: start() connects
@@ -333,7 +332,7 @@ class RedisBackplane(Backplane):
             "maxlen": self.maxlen,
             "epoch": history.epoch,
             "lastId": format_stream_id(history.last_id),
-            "cached": len(history.ring) + self._deferred_events,
+            "cached": len(history.ring) + self._unparsed.events,
             "written": counts["written"],
             "read": counts["read"],
             "waiting": self.waiting(),
@@ -505,45 +504,25 @@ class RedisBackplane(Backplane):
         is kept is bounded as the memory ring is, and what goes is what the ring would
         have dropped.
         """
-        history, deferred, parser = self._history, self._deferred, self.parser
+        history, unparsed, parser = self._history, self._unparsed, self.parser
+        events = unparsed.events
         for raw_id, fields in entries:
             origin = fields.get(b"o")
-            if origin is not None and parser.repeated(origin):
-                continue
-            events = entry_events(fields)
-            size = sum(map(len, fields.values()))
-            deferred.append((raw_id, fields, events, size))
-            self._deferred_events += events
-            self._deferred_bytes += size
-            history.last_id = max(history.last_id, entry_position(raw_id) | (events - 1))
-            self.counts["read"] += events
-        ring = history.ring
-        while len(deferred) > 1:  # the oldest go once the newer fill the ring without them
-            raw_id, _, events, size = deferred[0]
-            if (
-                self._deferred_events - events < ring.max_events
-                and self._deferred_bytes - size < ring.max_bytes
-            ):
-                break
-            deferred.popleft()
-            self._deferred_events -= events
-            self._deferred_bytes -= size
-            ring.clear(entry_position(raw_id) | (events - 1))
+            if origin is None or not parser.repeated(origin):
+                unparsed.keep(raw_id, fields)
+        self.counts["read"] += unparsed.events - events
+        history.last_id = max(history.last_id, unparsed.newest)
+        dropped = unparsed.trim()
+        if dropped:  # older than what is kept, as the ring would have dropped them
+            history.ring.clear(dropped)
 
     def catch_up(self) -> None:
         """Parse the entries kept by :meth:`_defer` into the memory ring (on the loop)."""
-        deferred = self._deferred
-        if not deferred:
+        if not self._unparsed:
             return
-        entries = [(raw_id, fields) for raw_id, fields, _, _ in deferred]
-        self._drop_deferred()
-        records = self.parser.parse(entries, remember=False)  # repeats were skipped
+        records = self.parser.parse(self._unparsed.take(), remember=False)  # repeats skipped
         if records:
             self._history.ring.extend(records)
-
-    def _drop_deferred(self) -> None:
-        self._deferred.clear()
-        self._deferred_events = self._deferred_bytes = 0
 
     def _fell_behind(self, trimmed: int, missed: int) -> None:
         """``missed`` entries, up to ``trimmed``, left the stream before this instance read them."""
@@ -559,7 +538,7 @@ class RedisBackplane(Backplane):
         # What is held in memory stops at the gap: replays older than it go to Redis,
         # which reports them incomplete.
         history = self._history
-        self._drop_deferred()  # older than the gap, as is the ring
+        self._unparsed.clear()  # older than the gap, as is the ring
         history.ring.clear(trimmed)
         history.last_id = max(history.last_id, trimmed)
         assert self._sink is not None
@@ -592,7 +571,7 @@ class RedisBackplane(Backplane):
             )
             history.epoch = epoch
             self.counts["resets"] += 1
-            self._drop_deferred()
+            self._unparsed.clear()
             history.ring.clear(0)
             history.last_id = 0
             self._position = "0-0"
@@ -626,7 +605,7 @@ class RedisBackplane(Backplane):
         entries.reverse()
         records = self.parser.parse(entries)[-history.ring.max_events :]
         last = entry_end(last_entry) if last_entry != "0-0" else 0
-        self._drop_deferred()
+        self._unparsed.clear()
         history.ring.clear(records[0].id - 1 if records else last)
         for record in records:
             history.ring.append(record)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +42,7 @@ __all__ = [
     "EVENTS_PER_ENTRY",
     "ROTATE_SCRIPT",
     "EntryParser",
+    "UnparsedEntries",
     "batch_fields",
     "entries_to_keep",
     "entry_end",
@@ -296,6 +298,68 @@ class EntryParser:
                 self.malformed,
                 exc,
             )
+
+
+class UnparsedEntries:
+    """Entries read but not framed yet, oldest first, bounded as a memory ring of
+    ``max_events`` events and ``max_bytes`` bytes is.
+
+    An instance that no client listens to keeps what it reads this way: framing every
+    event is most of what reading costs, and only a replay needs them framed. The
+    caller skips repeated writes before keeping an entry (they are recognised in
+    stream order) and parses what :meth:`take` gives back.
+    """
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.events = 0  # events in the entries kept
+        self.size = 0  # bytes of their fields
+        self.newest = 0  # the position of the newest event kept (0: nothing is kept)
+        self._entries: deque[tuple[bytes, dict[bytes, bytes], int, int]] = deque()
+
+    def __len__(self) -> int:
+        """How many entries are kept."""
+        return len(self._entries)
+
+    def keep(self, raw_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Keep one entry, newer than every entry kept."""
+        events = entry_events(fields)
+        size = sum(map(len, fields.values()))
+        self._entries.append((raw_id, fields, events, size))
+        self.events += events
+        self.size += size
+        self.newest = entry_position(raw_id) | (events - 1)
+
+    def trim(self) -> int:
+        """Let the oldest entries go while the newer ones fill the bound without them (the
+        newest entry stays, however large).
+
+        Returns the position of the last event let go, or 0 when none was: what a memory
+        ring holding these events would have dropped.
+        """
+        entries = self._entries
+        dropped = 0
+        while len(entries) > 1:
+            raw_id, _, events, size = entries[0]
+            if self.events - events < self.max_events and self.size - size < self.max_bytes:
+                break
+            entries.popleft()
+            self.events -= events
+            self.size -= size
+            dropped = entry_position(raw_id) | (events - 1)
+        return dropped
+
+    def take(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Every entry kept, oldest first; none is kept afterwards."""
+        entries = [(raw_id, fields) for raw_id, fields, _, _ in self._entries]
+        self.clear()
+        return entries
+
+    def clear(self) -> None:
+        """Keep nothing (the stream broke, or was read again from Redis)."""
+        self._entries.clear()
+        self.events = self.size = self.newest = 0
 
 
 def batch_fields(producer: bytes, sequence: int, items: list[Pending]) -> dict[bytes, bytes]:

@@ -85,6 +85,18 @@ async def replayed_report(ws: ClientConnection) -> tuple[list[dict[str, Any]], d
     return [m for m in messages if "id" in m], messages[-1]["payload"]
 
 
+async def posted_arrives_live(
+    ws: ClientConnection, http_url: str, kind: str, n: int, after_id: str
+) -> None:
+    """POST event ``n`` to an instance: ``ws`` (past its replay) gets it live, after
+    ``after_id``."""
+    status, _ = await asyncio.to_thread(post_events, http_url, event(kind, n=n))
+    assert status == 202
+    [live] = await recv_events(ws, 1)
+    assert live["payload"]["n"] == n
+    assert position(live["id"]) > position(after_id)
+
+
 async def closed_code(ws: ClientConnection, timeout: float = TIMEOUT) -> int | None:
     """Read until the server closes ``ws``; its close code."""
     with pytest.raises(ConnectionClosed):
@@ -330,13 +342,7 @@ def test_a_client_resumes_on_another_instance_with_exactly_what_it_missed(
         assert report["lastId"] == missed[-1]["id"]
 
         # Then live events, and nothing twice.
-        status, _ = await asyncio.to_thread(
-            post_events, b.http_url, event("resume.test.event", n=25)
-        )
-        assert status == 202
-        [live] = await recv_events(resumed, 1)
-        assert live["payload"]["n"] == 25
-        assert position(live["id"]) > position(missed[-1]["id"])
+        await posted_arrives_live(resumed, b.http_url, "resume.test.event", 25, missed[-1]["id"])
         await resumed.close()
 
     asyncio.run(scenario())
@@ -377,13 +383,7 @@ def test_an_instance_no_client_listens_to_frames_what_it_read_only_when_a_replay
         assert [e["payload"]["n"] for e in missed] == list(range(10, 300))
         assert report["complete"] is True
 
-        status, _ = await asyncio.to_thread(
-            post_events, a.http_url, event("idle.test.event", n=300)
-        )
-        assert status == 202
-        [live] = await recv_events(resumed, 1)
-        assert live["payload"]["n"] == 300
-        assert position(live["id"]) > position(missed[-1]["id"])
+        await posted_arrives_live(resumed, a.http_url, "idle.test.event", 300, missed[-1]["id"])
         await resumed.close()
         await ws.close()
 
